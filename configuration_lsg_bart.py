@@ -1,0 +1,1 @@
+lsg_bart/configuration_lsg_bart.py

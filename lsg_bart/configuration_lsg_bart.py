@@ -1,0 +1,114 @@
+"""Configuration of LSG-BART: BART with Local + Sparse + Global attention in the encoder."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import BartConfig
+
+SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
+MAX_GLOBAL_TOKENS = 512
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_lsg_bart.LSGBartConfig",
+    "AutoModel": "modeling_lsg_bart.LSGBartModel",
+    "AutoModelForCausalLM": "modeling_lsg_bart.LSGBartForCausalLM",
+    "AutoModelForQuestionAnswering": "modeling_lsg_bart.LSGBartForQuestionAnswering",
+    "AutoModelForSeq2SeqLM": "modeling_lsg_bart.LSGBartForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_lsg_bart.LSGBartForSequenceClassification",
+}
+
+
+@strict
+class LSGBartConfig(BartConfig):
+    r"""
+    Configuration of an LSG-BART model: a [`BartConfig`] whose encoder self-attention is LSG attention.
+
+    Each encoder query block of `block_size` tokens attends to `num_global_tokens` learned global tokens, to its own
+    block and its two neighbours (local), and to `sparse_block_size` compressed tokens on each side of that local
+    window (sparse). Sequences of `2 * block_size` tokens or fewer use full attention.
+
+    Args:
+        adaptive (`bool`, defaults to `True`):
+            Pad the input on the right to a multiple of `block_size` when needed. When `False`, inputs longer than
+            `2 * block_size` whose length is not a multiple of `block_size` are rejected.
+        block_size (`int`, defaults to 128):
+            Size of the local attention blocks.
+        sparse_block_size (`int`, defaults to 128):
+            Number of compressed tokens each block sees on each side of its local window; 0 disables sparse attention.
+        sparsity_factor (`int`, defaults to 2):
+            Compression factor of the sparse tokens; must divide `block_size`.
+        sparsity_type (`str`, defaults to `"norm"`):
+            How sparse tokens are chosen: one of `"none"`, `"norm"`, `"pooling"`, `"lsh"`, `"stride"`,
+            `"block_stride"`, `"bos_pooling"`.
+        num_global_tokens (`int`, defaults to 1):
+            Number of learned global tokens prepended to the sequence, 1 to 512.
+        mask_first_token (`bool`, defaults to `False`):
+            Mask the first real token (it is redundant with global token 0).
+        pass_global_tokens_to_decoder (`bool`, defaults to `True`):
+            Keep the global tokens in the encoder output that the decoder attends to.
+        pool_with_global (`bool`, defaults to `True`):
+            When the global tokens are dropped, write global token 0's state over the first real token.
+        lsh_num_pre_rounds (`int`, defaults to 1):
+            Number of LSH rounds that merge tokens before the final round (`"lsh"` only).
+        lsh_seed (`int`, *optional*):
+            Seed of the LSH random projections. When set, every forward pass draws the same projections, so `"lsh"`
+            outputs are reproducible; when `None`, they are drawn from torch's global generator.
+
+    Example:
+
+    ```python
+    >>> from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
+    >>> config = LSGBartConfig(max_position_embeddings=4096, block_size=128, sparsity_type="norm")
+    >>> model = LSGBartForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "lsg_bart"
+
+    adaptive: bool = True
+    block_size: int = 128
+    sparse_block_size: int = 128
+    sparsity_factor: int = 2
+    sparsity_type: str = "norm"
+    num_global_tokens: int = 1
+    mask_first_token: bool = False
+    pass_global_tokens_to_decoder: bool = True
+    pool_with_global: bool = True
+    lsh_num_pre_rounds: int = 1
+    lsh_seed: int | None = None
+
+    def __post_init__(self, **kwargs):
+        # Legacy checkpoints (model_type "bart") carry the original package's prefix and auto_map; this class replaces both.
+        kwargs.pop("base_model_prefix", None)
+        kwargs.pop("model_type", None)
+        self.auto_map = dict(AUTO_MAP)
+        self._check_lsg_settings()
+        super().__post_init__(**kwargs)
+
+    def _check_lsg_settings(self):
+        def fail(field, allowed):
+            raise ValueError(f"LSGBartConfig: invalid `{field}`={getattr(self, field)!r}; {allowed}.")
+
+        if self.sparsity_type not in SPARSITY_TYPES:
+            fail("sparsity_type", f"expected one of {', '.join(SPARSITY_TYPES)}")
+        if self.block_size < 1:
+            fail("block_size", "expected a positive integer")
+        if self.sparse_block_size < 0:
+            fail("sparse_block_size", "expected 0 (no sparse attention) or a positive integer")
+        if self.sparsity_factor < 1:
+            fail("sparsity_factor", "expected a positive integer")
+        if self.block_size % self.sparsity_factor != 0:
+            fail("sparsity_factor", f"it must divide block_size={self.block_size}")
+        if not 1 <= self.num_global_tokens <= MAX_GLOBAL_TOKENS:
+            fail("num_global_tokens", f"expected an integer from 1 to {MAX_GLOBAL_TOKENS}")
+        if self.lsh_num_pre_rounds < 0:
+            fail("lsh_num_pre_rounds", "expected 0 or a positive integer")
+        if self.sparsity_type in ("norm", "lsh") and self.sparse_block_size > 0:
+            chunk = min(self.block_size, self.sparse_block_size)
+            if self.block_size % chunk != 0 or chunk % self.sparsity_factor != 0:
+                fail(
+                    "sparse_block_size",
+                    f"with sparsity_type={self.sparsity_type!r}, min(block_size, sparse_block_size) must divide "
+                    f"block_size={self.block_size} and be a multiple of sparsity_factor={self.sparsity_factor}",
+                )
+
+
+__all__ = ["LSGBartConfig", "SPARSITY_TYPES"]

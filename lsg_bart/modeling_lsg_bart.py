@@ -1,0 +1,491 @@
+"""PyTorch LSG-BART: BART whose encoder self-attention is Local + Sparse + Global (LSG) attention.
+
+Reading order follows the design: how blocks and their neighbours are built, how sparse tokens are picked,
+how a set of keys is attended, then the attention layer, the encoder and the models.
+
+Shapes: n batch, h heads, T tokens with the global ones, t tokens without them (a multiple of the block size),
+d head dim, G global tokens, bs block size, nb = t / bs blocks, f sparsity factor, sbs sparse block size.
+Masks are boolean, True for a visible key, and carry a trailing singleton so that one function handles
+keys (..., d) and masks (..., 1) alike.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.bart.modeling_bart import (
+    BartDecoder,
+    BartAttention,
+    BartClassificationHead,
+    BartEncoder,
+    BartEncoderLayer,
+    BartForCausalLM,
+    BartForConditionalGeneration,
+    BartForQuestionAnswering,
+    BartForSequenceClassification,
+    BartLearnedPositionalEmbedding,
+    BartModel,
+    BartPreTrainedModel,
+    BartScaledWordEmbedding,
+)
+from transformers.utils import can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocks and windows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def local_windows(x, block_size):
+    """Each block with its left and right neighbour: (n, h, t, c) -> (n, h, nb, 3*bs, c); outside is 0/False."""
+    padded = F.pad(x, (0, 0, block_size, block_size))  # (n, h, t + 2*bs, c)
+    return padded.unfold(2, 3 * block_size, block_size).transpose(-1, -2)  # (n, h, nb, 3*bs, c)
+
+
+def sparse_windows(x, tokens_per_block, sparse_block_size, num_blocks):
+    """The compressed tokens just before and just after each block's local window.
+
+    x holds t/f compressed tokens, `tokens_per_block` (= bs/f) of them per block. Block i's local window covers
+    compressed positions [(i-1)*tpb, (i+2)*tpb); it sees `sbs` tokens before it and `sbs` after it.
+    Returns (n, h, nb, 2*sbs, c); positions outside the sequence are 0/False.
+    """
+    tpb, sbs = tokens_per_block, sparse_block_size
+    # The original code starts the "after" part 2 positions early when tpb is odd; checkpoints expect it.
+    after_shift = 2 if tpb % 2 == 1 else 0
+    padded = F.pad(x, (0, 0, sbs + tpb, sbs + tpb))  # (n, h, t/f + 2*(sbs + tpb), c)
+    # In padded coordinates block i's "before" part starts at i*tpb and its "after" part at i*tpb + sbs + 3*tpb.
+    before = padded.unfold(2, sbs, tpb)[:, :, :num_blocks]  # (n, h, nb, c, sbs)
+    after = padded[:, :, sbs + 3 * tpb - after_shift :].unfold(2, sbs, tpb)[:, :, :num_blocks]
+    return torch.cat([before, after], dim=-1).transpose(-1, -2)  # (n, h, nb, 2*sbs, c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sparse selectors: (n, h, t, d) keys and values with their (n, 1|h, t, 1) mask -> t/f compressed tokens
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def gather_tokens(keys, values, mask, index):
+    """Pick tokens per head: index (n|1, h, t/f, 1) -> keys, values (n, h, t/f, d), mask (n, h, t/f, 1)."""
+    n, h, _, d = keys.shape
+    index = index.expand(n, h, -1, 1)
+    mask = mask.expand(n, h, -1, 1)
+    return keys.gather(2, index.expand(-1, -1, -1, d)), values.gather(2, index.expand(-1, -1, -1, d)), mask.gather(2, index)
+
+
+def select_by_norm(keys, values, mask, chunk_size, factor):
+    """In each chunk and head, the chunk/f keys of largest L2 norm, in ascending order of norm (no gradient)."""
+    n, h, t, _ = keys.shape
+    with torch.no_grad():
+        norms = keys.norm(dim=-1, keepdim=True).masked_fill(~mask, 0)  # (n, h, t, 1)
+        norms = norms.view(n, h, t // chunk_size, chunk_size)
+        picks = norms.topk(chunk_size // factor, dim=-1).indices.flip(-1)  # (n, h, t/c, c/f)
+        picks = picks + torch.arange(0, t, chunk_size, device=keys.device).view(1, 1, -1, 1)
+    return gather_tokens(keys, values, mask, picks.reshape(n, h, t // factor, 1))
+
+
+def select_by_pooling(keys, values, mask, factor):
+    """Average of the visible tokens in each group of f; a group with none is masked."""
+    n, h, t, d = keys.shape
+    weight = mask.to(keys.dtype)  # (n, 1|h, t, 1)
+    count = weight.view(n, -1, t // factor, factor, 1).sum(3)  # (n, 1|h, t/f, 1)
+
+    def pool(x):
+        return (x * weight).view(n, h, t // factor, factor, d).sum(3) / (count + 1e-6)
+
+    return pool(keys), pool(values), count > 0
+
+
+def select_by_stride(keys, values, mask, factor):
+    """Head j keeps tokens j mod f, j mod f + f, j mod f + 2f, ..."""
+    _, h, t, _ = keys.shape
+    offset = torch.arange(h, device=keys.device) % factor
+    index = torch.arange(0, t, factor, device=keys.device).view(1, 1, -1, 1) + offset.view(1, h, 1, 1)
+    return gather_tokens(keys, values, mask, index)  # index (1, h, t/f, 1)
+
+
+def select_by_block_stride(keys, values, mask, factor, block_size):
+    """In each block, head j keeps the bs/f consecutive tokens starting at (j * bs/f) mod bs."""
+    _, h, t, _ = keys.shape
+    tokens_per_block = block_size // factor
+    start = (torch.arange(h, device=keys.device) * tokens_per_block) % block_size  # (h,)
+    in_block = start.view(h, 1) + torch.arange(tokens_per_block, device=keys.device)  # (h, bs/f)
+    blocks = torch.arange(0, t, block_size, device=keys.device).view(1, -1, 1)  # (1, nb, 1)
+    index = (blocks + in_block.view(h, 1, -1)).view(1, h, t // factor, 1)
+    return gather_tokens(keys, values, mask, index)
+
+
+def lsh_merge(keys, values, counts, num_buckets, generator):
+    """One LSH round: hash each token of each chunk into `num_buckets` buckets and sum per bucket.
+
+    keys, values (n, h, chunks, L, d), counts (n, h, chunks, L, 1) -> the same with L = num_buckets.
+    """
+    n, h, _, _, d = keys.shape
+    num_planes = (num_buckets + 1) // 2
+    planes = torch.randn(h, d, num_planes, generator=generator, device=keys.device).to(keys.dtype)
+    projected = F.normalize(keys, dim=-1) @ planes.view(1, h, 1, d, num_planes)  # (n, h, chunks, L, planes)
+    bucket = torch.cat([projected, -projected], dim=-1)[..., :num_buckets].argmax(-1)  # (n, h, chunks, L)
+    assign = F.one_hot(bucket, num_buckets).to(keys.dtype).transpose(-1, -2)  # (n, h, chunks, buckets, L)
+    return assign @ keys, assign @ values, assign @ counts
+
+
+def select_by_lsh(keys, values, mask, chunk_size, factor, pre_rounds, generator):
+    """Merge the tokens of each chunk by LSH buckets: `pre_rounds` rounds into c buckets, then c/f buckets."""
+    n, h, t, d = keys.shape
+    weight = mask.to(keys.dtype).expand(n, h, t, 1)
+    chunked = (n, h, t // chunk_size, chunk_size, -1)
+    k, v, counts = (keys * weight).view(chunked), (values * weight).view(chunked), weight.reshape(chunked)
+    for num_buckets in [chunk_size] * pre_rounds + [chunk_size // factor]:
+        k, v, counts = lsh_merge(k, v, counts, num_buckets, generator)  # (n, h, t/c, buckets, d)
+    k, v, counts = (x.reshape(n, h, t // factor, -1) for x in (k, v, counts))
+    return k / (counts + 1e-8), v / (counts + 1e-8), counts > 0
+
+
+def select_by_bos_pooling(keys, values, mask, first_query, factor):
+    """Pool each group of f tokens with softmax weights of the first real token's query against its keys.
+
+    Every pooled token is visible, even a group made only of padding (as in the original).
+    first_query: (n, h, 1, d), already scaled.
+    """
+    n, h, t, d = keys.shape
+    scores = (keys @ first_query.transpose(-1, -2)).masked_fill(~mask, torch.finfo(keys.dtype).min)  # (n, h, t, 1)
+    weight = scores.view(n, h, t // factor, factor, 1).softmax(dim=3)  # (n, h, t/f, f, 1)
+
+    def pool(x):
+        return (x.view(n, h, t // factor, factor, d) * weight).sum(3)
+
+    return pool(keys), pool(values), mask.new_ones(n, 1, t // factor, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attending a set of keys
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def attend(query, key, value, visible, dropout, use_sdpa):
+    """Softmax attention of pre-scaled queries (..., q, d) over keys (..., k, d); visible (..., 1|q, k) bool.
+
+    `use_sdpa` runs PyTorch's fused kernel; otherwise scores, an additive mask and a softmax are written out.
+    """
+    if use_sdpa:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=dropout, scale=1.0)
+    scores = query @ key.transpose(-1, -2)  # (..., q, k)
+    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout)
+    return probs @ value  # (..., q, d)
+
+
+class LSGSelfAttention(BartAttention):
+    """BART self-attention of the encoder computed with LSG attention (same projections and weights).
+
+    Expects `attention_mask` as a (n, T) boolean tensor of visible keys, global tokens included. Runs the
+    straightforward path when `config._attn_implementation == "eager"` and PyTorch's SDPA kernel otherwise.
+    """
+
+    def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
+        super().__init__(
+            embed_dim=config.d_model,
+            num_heads=config.encoder_attention_heads,
+            dropout=config.attention_dropout,
+            config=config,
+            layer_idx=layer_idx,
+        )
+        self.block_size = config.block_size
+        self.sparse_block_size = config.sparse_block_size
+        self.sparsity_factor = config.sparsity_factor
+        self.sparsity_type = config.sparsity_type
+        self.num_global_tokens = config.num_global_tokens
+        self.lsh_num_pre_rounds = config.lsh_num_pre_rounds
+        self.lsh_seed = config.lsh_seed
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        n, T, _ = hidden_states.shape
+        heads = (n, T, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(heads).transpose(1, 2) * self.scaling  # (n, h, T, d)
+        key = self.k_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
+        value = self.v_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
+        if attention_mask is None:
+            attention_mask = hidden_states.new_ones(n, T, dtype=torch.bool)
+        visible = attention_mask.view(n, 1, T, 1)  # (n, 1, T, 1)
+
+        use_sdpa = self.config._attn_implementation != "eager"
+        dropout = self.dropout if self.training else 0.0
+        if T <= 2 * self.block_size + self.num_global_tokens:
+            out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, T, d)
+        else:
+            out = self.lsg_attention(query, key, value, visible, dropout, use_sdpa)
+
+        out = out.transpose(1, 2).reshape(n, T, -1)  # (n, T, h*d)
+        return self.out_proj(out), None
+
+    def lsg_attention(self, query, key, value, visible, dropout, use_sdpa):
+        """Global rows attend to everything; each block of the rest to global + sparse window + local window."""
+        n, h, T, d = query.shape
+        G, bs = self.num_global_tokens, self.block_size
+        nb = (T - G) // bs
+
+        global_out = attend(query[:, :, :G], key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, G, d)
+
+        rest_key, rest_value, rest_visible = key[:, :, G:], value[:, :, G:], visible[:, :, G:]  # (n, h|1, t, d|1)
+        key_parts = [key[:, :, :G].unsqueeze(2).expand(n, h, nb, G, d)]  # (n, h, nb, G, d)
+        value_parts = [value[:, :, :G].unsqueeze(2).expand(n, h, nb, G, d)]
+        visible_parts = [visible[:, :, :G].unsqueeze(2).expand(n, h, nb, G, 1)]
+
+        if self.sparse_block_size > 0 and self.sparsity_type != "none":
+            sparse = self.select_sparse_tokens(rest_key, rest_value, rest_visible, query[:, :, G : G + 1])
+            tokens_per_block = bs // self.sparsity_factor
+            for parts, x in zip((key_parts, value_parts, visible_parts), sparse):
+                window = sparse_windows(x, tokens_per_block, self.sparse_block_size, nb)  # (n, h|1, nb, 2*sbs, c)
+                parts.append(window.expand(n, h, -1, -1, -1))
+
+        for parts, x in zip((key_parts, value_parts, visible_parts), (rest_key, rest_value, rest_visible)):
+            parts.append(local_windows(x, bs).expand(n, h, -1, -1, -1))  # (n, h, nb, 3*bs, c)
+
+        block_key = torch.cat(key_parts, dim=3)  # (n, h, nb, K, d) with K = G + 2*sbs + 3*bs
+        block_value = torch.cat(value_parts, dim=3)  # (n, h, nb, K, d)
+        block_visible = torch.cat(visible_parts, dim=3).transpose(-1, -2)  # (n, h, nb, 1, K)
+        block_query = query[:, :, G:].reshape(n, h, nb, bs, d)  # (n, h, nb, bs, d)
+
+        block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)  # (n, h, nb, bs, d)
+        return torch.cat([global_out, block_out.reshape(n, h, nb * bs, d)], dim=2)  # (n, h, T, d)
+
+    def select_sparse_tokens(self, keys, values, visible, first_query):
+        """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector."""
+        f, chunk_size = self.sparsity_factor, min(self.block_size, self.sparse_block_size)
+        if f == 1:
+            return keys, values, visible
+        if self.sparsity_type == "norm":
+            return select_by_norm(keys, values, visible, chunk_size, f)
+        if self.sparsity_type == "pooling":
+            return select_by_pooling(keys, values, visible, f)
+        if self.sparsity_type == "stride":
+            return select_by_stride(keys, values, visible, f)
+        if self.sparsity_type == "block_stride":
+            return select_by_block_stride(keys, values, visible, f, self.block_size)
+        if self.sparsity_type == "lsh" and f != self.sparse_block_size:
+            generator = None
+            if self.lsh_seed is not None:
+                generator = torch.Generator(device=keys.device).manual_seed(self.lsh_seed + (self.layer_idx or 0))
+            return select_by_lsh(keys, values, visible, chunk_size, f, self.lsh_num_pre_rounds, generator)
+        return select_by_bos_pooling(keys, values, visible, first_query, f)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LSGBartEncoderLayer(BartEncoderLayer):
+    """A BART encoder layer whose self-attention is [`LSGSelfAttention`]."""
+
+    def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
+        super().__init__(config, layer_idx)
+        self.self_attn = LSGSelfAttention(config, layer_idx)
+
+
+class LSGBartPreTrainedModel(BartPreTrainedModel):
+    """Base class of the LSG-BART models: weight initialisation and loading of LSG checkpoints."""
+
+    config_class = LSGBartConfig
+    base_model_prefix = "model"
+    _no_split_modules = [r"LSGBartEncoderLayer", r"BartDecoderLayer"]
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_sdpa = True
+    _can_compile_fullgraph = False
+
+
+class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
+    """BART encoder with LSG self-attention and `num_global_tokens` learned global tokens.
+
+    Inputs longer than `2 * block_size` are padded to a multiple of `block_size` (`adaptive=True`); the output
+    is cropped back, with the global tokens first when `pass_global_tokens_to_decoder` is set.
+    """
+
+    def __init__(self, config: LSGBartConfig):
+        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        self.dropout = config.dropout
+        self.layerdrop = config.encoder_layerdrop
+        self.padding_idx = config.pad_token_id
+        self.max_source_positions = config.max_position_embeddings
+        embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.embed_tokens = BartScaledWordEmbedding(config.vocab_size, config.d_model, self.padding_idx, embed_scale)
+        self.embed_positions = BartLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
+        self.global_embeddings = nn.Embedding(MAX_GLOBAL_TOKENS, config.d_model)
+        self.layers = nn.ModuleList([LSGBartEncoderLayer(config, i) for i in range(config.encoder_layers)])
+        self.layernorm_embedding = nn.LayerNorm(config.d_model)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def padding_length(self, length):
+        """How many tokens adaptive padding adds to a sequence of `length` tokens."""
+        bs = self.config.block_size
+        if length <= 2 * bs or length % bs == 0:
+            return 0
+        if not self.config.adaptive:
+            raise ValueError(
+                f"Input length {length} is not a multiple of block_size={bs}; pad it to a multiple of {bs} "
+                "or use a config with adaptive=True."
+            )
+        return bs - length % bs
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> BaseModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids; give these or `inputs_embeds`.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for tokens to attend to, 0 for padding. Not modified.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_model)`, *optional*):
+            Token embeddings to use instead of `input_ids`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        config = self.config
+        n, t = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        device = self.embed_positions.weight.device
+
+        visible = torch.ones(n, t, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            visible = attention_mask.to(device=device, dtype=torch.bool)  # a new tensor: the caller's is untouched
+        if config.mask_first_token:
+            visible = torch.cat([torch.zeros_like(visible[:, :1]), visible[:, 1:]], dim=1)
+
+        pad = self.padding_length(t)
+        padded_length = t + pad
+        if padded_length > config.max_position_embeddings:
+            raise ValueError(
+                f"Input length {t} (padded to {padded_length}) exceeds max_position_embeddings="
+                f"{config.max_position_embeddings}; truncate the input or convert the model to a longer length."
+            )
+        if input_ids is not None:
+            inputs_embeds = self.embed_tokens(F.pad(input_ids, (0, pad), value=config.pad_token_id))
+        else:
+            inputs_embeds = F.pad(inputs_embeds, (0, 0, 0, pad))
+        visible = F.pad(visible, (0, pad), value=False)  # (n, t')
+
+        positions = self.embed_positions(inputs_embeds[:, :, -1]).to(inputs_embeds.device)  # (n, t', d_model)
+        G = config.num_global_tokens
+        global_tokens = self.global_embeddings.weight[:G].unsqueeze(0).expand(n, -1, -1)  # (n, G, d_model)
+        hidden_states = torch.cat([global_tokens.to(inputs_embeds.dtype), inputs_embeds + positions], dim=1)
+        hidden_states = self.layernorm_embedding(hidden_states)  # (n, T, d_model)
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        visible = F.pad(visible, (G, 0), value=True)  # (n, T)
+
+        for layer in self.layers:
+            if self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop:
+                continue
+            hidden_states = layer(hidden_states, visible, **kwargs)
+
+        if config.pass_global_tokens_to_decoder:
+            hidden_states = hidden_states[:, : G + t]  # (n, G + t, d_model)
+        else:
+            if config.pool_with_global:
+                first = hidden_states[:, :1]  # global token 0
+                hidden_states = torch.cat([hidden_states[:, :G], first, hidden_states[:, G + 1 :]], dim=1)
+            hidden_states = hidden_states[:, G : G + t]  # (n, t, d_model)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LSGBartModel(LSGBartPreTrainedModel, BartModel):
+    """The bare LSG-BART encoder-decoder, outputting the decoder's hidden states."""
+
+    def __init__(self, config: LSGBartConfig):
+        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.shared = BartScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.encoder = LSGBartEncoder(config)
+        self.decoder = BartDecoder(config)
+        self.post_init()
+
+    def cross_attention_mask(self, attention_mask):
+        """The encoder-output mask the decoder sees: global slots first when the encoder passes them on."""
+        config = self.config
+        if attention_mask is None or not config.pass_global_tokens_to_decoder:
+            return attention_mask
+        if config.mask_first_token:
+            attention_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask[:, 1:]], dim=1)
+        return F.pad(attention_mask, (config.num_global_tokens, 0), value=1)  # (n, G + t)
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs):
+        """Same arguments and outputs as [`BartModel.forward`]."""
+        if encoder_outputs is None:
+            encoder_kwargs = {k: v for k, v in kwargs.items() if k in ("output_hidden_states", "output_attentions")}
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **encoder_kwargs
+            )
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=self.cross_attention_mask(attention_mask),
+            encoder_outputs=encoder_outputs,
+            **kwargs,
+        )
+
+
+class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditionalGeneration):
+    """LSG-BART with a language-modelling head, for summarisation and other generation tasks."""
+
+    def __init__(self, config: LSGBartConfig):
+        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        self.model = LSGBartModel(config)
+        self.final_logits_bias = nn.Buffer(torch.zeros((1, self.model.shared.num_embeddings)))
+        self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
+        self.post_init()
+
+
+class LSGBartForSequenceClassification(LSGBartPreTrainedModel, BartForSequenceClassification):
+    """LSG-BART with a classification head on the decoder state of the last `eos` token."""
+
+    def __init__(self, config: LSGBartConfig, **kwargs):
+        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        self.model = LSGBartModel(config)
+        self.classification_head = BartClassificationHead(
+            config.d_model, config.d_model, config.num_labels, config.classifier_dropout
+        )
+        self.post_init()
+
+
+class LSGBartForQuestionAnswering(LSGBartPreTrainedModel, BartForQuestionAnswering):
+    """LSG-BART with a span-extraction head (start and end logits) for extractive question answering."""
+
+    def __init__(self, config: LSGBartConfig):
+        config.num_labels = 2
+        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        self.num_labels = config.num_labels
+        self.model = LSGBartModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+
+class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
+    """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
+
+
+LSGBartConfig.register_for_auto_class()
+LSGBartModel.register_for_auto_class("AutoModel")
+LSGBartForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+LSGBartForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+LSGBartForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+LSGBartForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "LSGBartConfig",
+    "LSGBartEncoder",
+    "LSGBartForCausalLM",
+    "LSGBartForConditionalGeneration",
+    "LSGBartForQuestionAnswering",
+    "LSGBartForSequenceClassification",
+    "LSGBartModel",
+    "LSGBartPreTrainedModel",
+    "LSGSelfAttention",
+]

@@ -1,0 +1,1 @@
+lsg_bart/modeling_lsg_bart.py
