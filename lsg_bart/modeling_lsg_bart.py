@@ -51,7 +51,7 @@ def sparse_windows(x, tokens_per_block, sparse_block_size, num_blocks):
 
     x holds t/f compressed tokens, `tokens_per_block` (= bs/f) of them per block. Block i's local window covers
     compressed positions [(i-1)*tpb, (i+2)*tpb); it sees `sbs` tokens before it and `sbs` after it.
-    Returns (n, h, nb, 2*sbs, c); positions outside the sequence are 0/False.
+    Returns the two parts, each (n, h, nb, sbs, c); positions outside the sequence are 0/False.
     """
     tpb, sbs = tokens_per_block, sparse_block_size
     # The original code starts the "after" part 2 positions early when tpb is odd; checkpoints expect it.
@@ -60,7 +60,7 @@ def sparse_windows(x, tokens_per_block, sparse_block_size, num_blocks):
     # In padded coordinates block i's "before" part starts at i*tpb and its "after" part at i*tpb + sbs + 3*tpb.
     before = padded.unfold(2, sbs, tpb)[:, :, :num_blocks]  # (n, h, nb, c, sbs)
     after = padded[:, :, sbs + 3 * tpb - after_shift :].unfold(2, sbs, tpb)[:, :, :num_blocks]
-    return torch.cat([before, after], dim=-1).transpose(-1, -2)  # (n, h, nb, 2*sbs, c)
+    return [before.transpose(-1, -2), after.transpose(-1, -2)]  # 2 x (n, h, nb, sbs, c)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,11 +69,14 @@ def sparse_windows(x, tokens_per_block, sparse_block_size, num_blocks):
 
 
 def gather_tokens(keys, values, mask, index):
-    """Pick tokens per head: index (n|1, h, t/f, 1) -> keys, values (n, h, t/f, d), mask (n, h, t/f, 1)."""
-    n, h, _, d = keys.shape
+    """Pick tokens per head: index (n|1, h, t', 1) -> keys, values (n, h, t', d), mask (n, h, t', 1)."""
+    n, h, t, d = keys.shape
     index = index.expand(n, h, -1, 1)
-    mask = mask.expand(n, h, -1, 1)
-    return keys.gather(2, index.expand(-1, -1, -1, d)), values.gather(2, index.expand(-1, -1, -1, d)), mask.gather(2, index)
+    # Rows of a flat (n*h*t, d) table: copying whole rows is much faster than `gather` along dim 2.
+    rows = (index + torch.arange(0, n * h * t, t, device=keys.device).view(n, h, 1, 1)).flatten()
+    k = keys.reshape(n * h * t, d).index_select(0, rows).view(n, h, -1, d)
+    v = values.reshape(n * h * t, d).index_select(0, rows).view(n, h, -1, d)
+    return k, v, mask.expand(n, h, t, 1).gather(2, index)
 
 
 def select_by_norm(keys, values, mask, chunk_size, factor):
@@ -205,8 +208,9 @@ class LSGSelfAttention(BartAttention):
         n, T, _ = hidden_states.shape
         heads = (n, T, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(heads).transpose(1, 2) * self.scaling  # (n, h, T, d)
-        key = self.k_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
-        value = self.v_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
+        # Keys and values are copied into whole-head rows once: every block and window below is then a plain slice.
+        key = self.k_proj(hidden_states).view(heads).transpose(1, 2).contiguous()  # (n, h, T, d)
+        value = self.v_proj(hidden_states).view(heads).transpose(1, 2).contiguous()  # (n, h, T, d)
         if attention_mask is None:
             attention_mask = hidden_states.new_ones(n, T, dtype=torch.bool)
         visible = attention_mask.view(n, 1, T, 1)  # (n, 1, T, 1)
@@ -229,28 +233,28 @@ class LSGSelfAttention(BartAttention):
 
         global_out = attend(query[:, :, :G], key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, G, d)
 
-        rest_key, rest_value, rest_visible = key[:, :, G:], value[:, :, G:], visible[:, :, G:]  # (n, h|1, t, d|1)
-        key_parts = [key[:, :, :G].unsqueeze(2).expand(n, h, nb, G, d)]  # (n, h, nb, G, d)
-        value_parts = [value[:, :, :G].unsqueeze(2).expand(n, h, nb, G, d)]
-        visible_parts = [visible[:, :, :G].unsqueeze(2).expand(n, h, nb, G, 1)]
-
+        rest = (key[:, :, G:], value[:, :, G:], visible[:, :, G:])  # (n, h|1, t, d|1)
+        # Each part is a (key, value, visible) triple of shape (n, h|1, nb, k, d|1), in the spec's key order.
+        parts = [tuple(x[:, :, :G].unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in (key, value, visible))]
         if self.sparse_block_size > 0 and self.sparsity_type != "none":
-            sparse = self.select_sparse_tokens(rest_key, rest_value, rest_visible, query[:, :, G : G + 1])
-            tokens_per_block = bs // self.sparsity_factor
-            for parts, x in zip((key_parts, value_parts, visible_parts), sparse):
-                window = sparse_windows(x, tokens_per_block, self.sparse_block_size, nb)  # (n, h|1, nb, 2*sbs, c)
-                parts.append(window.expand(n, h, -1, -1, -1))
+            sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1])
+            windows = [sparse_windows(x, bs // self.sparsity_factor, self.sparse_block_size, nb) for x in sparse]
+            parts += list(zip(*windows))  # the "before" part, then the "after" part
+        parts.append(tuple(local_windows(x, bs) for x in rest))
+        keys, values, masks = zip(*parts)
+        masks = [m.squeeze(-1) for m in masks]  # (n, h|1, nb, k)
+        mask_heads = max(m.shape[1] for m in masks)
 
-        for parts, x in zip((key_parts, value_parts, visible_parts), (rest_key, rest_value, rest_visible)):
-            parts.append(local_windows(x, bs).expand(n, h, -1, -1, -1))  # (n, h, nb, 3*bs, c)
+        # Blocks become batch entries: PyTorch's fused CPU kernel only takes 4-d inputs.
+        block_key = torch.cat([k.expand(n, h, -1, -1, -1) for k in keys], dim=3)  # (n, h, nb, K, d)
+        block_key = block_key.view(n, h * nb, -1, d)  # (n, h*nb, K, d) with K = G + 2*sbs + 3*bs
+        block_value = torch.cat([v.expand(n, h, -1, -1, -1) for v in values], dim=3).view(n, h * nb, -1, d)
+        block_visible = torch.cat([m.expand(n, mask_heads, -1, -1) for m in masks], dim=3)  # (n, h|1, nb, K)
+        block_visible = block_visible.expand(n, h, -1, -1).reshape(n, h * nb, 1, -1)  # (n, h*nb, 1, K)
+        block_query = query[:, :, G:].reshape(n, h * nb, bs, d)  # (n, h*nb, bs, d)
 
-        block_key = torch.cat(key_parts, dim=3)  # (n, h, nb, K, d) with K = G + 2*sbs + 3*bs
-        block_value = torch.cat(value_parts, dim=3)  # (n, h, nb, K, d)
-        block_visible = torch.cat(visible_parts, dim=3).transpose(-1, -2)  # (n, h, nb, 1, K)
-        block_query = query[:, :, G:].reshape(n, h, nb, bs, d)  # (n, h, nb, bs, d)
-
-        block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)  # (n, h, nb, bs, d)
-        return torch.cat([global_out, block_out.reshape(n, h, nb * bs, d)], dim=2)  # (n, h, T, d)
+        block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)  # (n, h*nb, bs, d)
+        return torch.cat([global_out, block_out.view(n, h, nb * bs, d)], dim=2)  # (n, h, T, d)
 
     def select_sparse_tokens(self, keys, values, visible, first_query):
         """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector."""

@@ -1,0 +1,59 @@
+"""Shared test set-up: offline Hugging Face caches and tiny LSG-BART configs."""
+
+import os
+import tempfile
+
+# Remote code loaded from folders is copied into HF_MODULES_CACHE: keep it out of the user's home, and offline.
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="lsg-bart-tests-hf-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lsg_bart import LSGBartConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
+
+
+def tiny_config(**overrides):
+    """A 2-layer LSG-BART small enough for unit tests: d_model 32, 4 heads, blocks of 16."""
+    settings = dict(
+        vocab_size=120,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=1024,
+        block_size=16,
+        sparse_block_size=16,
+        sparsity_factor=2,
+        num_global_tokens=2,
+        dropout=0.1,
+        attention_dropout=0.1,
+    )
+    settings.update(overrides)
+    return LSGBartConfig(**settings)
+
+
+def padded_batch(lengths, vocab_size=120, seed=0):
+    """Right-padded `input_ids` and `attention_mask` with one row per length (pad id 1, eos 2 at the end)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.full((len(lengths), width), 1, dtype=torch.long)
+    attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        input_ids[row, :length] = torch.randint(5, vocab_size, (length,), generator=generator)
+        input_ids[row, 0], input_ids[row, length - 1] = 0, 2
+        attention_mask[row, :length] = 1
+    return input_ids, attention_mask
+
+
+@pytest.fixture
+def make_config():
+    return tiny_config
