@@ -1,0 +1,915 @@
+"""Convert a BART checkpoint to LSG-BART, or resize / upgrade an LSG-BART checkpoint.
+
+Library:
+
+    >>> from lsg_bart.convert import convert_checkpoint
+    >>> convert_checkpoint("facebook/bart-base", "lsg-bart-base-4096", max_sequence_length=4096,
+    ...                    architecture="BartForConditionalGeneration")
+
+Command line (`lsg-bart-convert`, `python -m lsg_bart.convert` or `python convert_checkpoint.py`):
+
+    lsg-bart-convert --initial_model facebook/bart-base --model_name lsg-bart-base-4096 --max_sequence_length 4096
+
+What happens to the weights (LSG-SPEC section 6):
+
+* Position tables (encoder and decoder): the 2 offset rows are kept, the learned rows are tiled up to
+  `max_sequence_length` rows (or cut).
+* Global embeddings (512 rows): the source encoder's learned positions brought to 512 rows (every k-th row, or
+  Gaussian padding below 512 rows), read column by column with `global_positional_stride`, plus the `bos` embedding
+  on row 0 and the `mask` embedding on the other rows, or (`random_global_init`) plus rows sampled from a Gaussian
+  fitted to the token embeddings. `resize_lsg` keeps an LSG model's global embeddings and only changes the length.
+
+The output folder is written to a temporary folder beside it and renamed at the end: it is complete or absent.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import torch
+
+from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGBartConfig
+from .modeling_lsg_bart import (
+    LSGBartForCausalLM,
+    LSGBartForConditionalGeneration,
+    LSGBartForQuestionAnswering,
+    LSGBartForSequenceClassification,
+    LSGBartModel,
+)
+
+logger = logging.getLogger("lsg_bart.convert")
+
+# BART architecture -> (LSG class, Auto class that loads it, pipeline tag)
+ARCHITECTURES = {
+    "BartModel": (LSGBartModel, "AutoModel", "feature-extraction"),
+    "BartForConditionalGeneration": (LSGBartForConditionalGeneration, "AutoModelForSeq2SeqLM", "summarization"),
+    "BartForSequenceClassification": (
+        LSGBartForSequenceClassification,
+        "AutoModelForSequenceClassification",
+        "text-classification",
+    ),
+    "BartForQuestionAnswering": (LSGBartForQuestionAnswering, "AutoModelForQuestionAnswering", "question-answering"),
+    "BartForCausalLM": (LSGBartForCausalLM, "AutoModelForCausalLM", "text-generation"),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+DEFAULT_ARCHITECTURE = "BartForConditionalGeneration"
+
+# Auto classes that load an encoder-decoder checkpoint (all of them) and a decoder-only one.
+ENCODER_DECODER_AUTO_CLASSES = (
+    "AutoModel",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForCausalLM",
+)
+DECODER_AUTO_CLASSES = ("AutoModelForCausalLM",)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Fields that only an LSG config has: their presence marks an LSG source (a legacy one has model_type "bart").
+LSG_FIELDS = ("sparsity_type", "block_size", "sparse_block_size", "sparsity_factor", "num_global_tokens")
+LSG_SETTINGS = (
+    "block_size",
+    "sparse_block_size",
+    "sparsity_factor",
+    "sparsity_type",
+    "num_global_tokens",
+    "adaptive",
+    "mask_first_token",
+    "pass_global_tokens_to_decoder",
+    "pool_with_global",
+    "lsh_num_pre_rounds",
+)
+BART_MODEL_TYPES = ("bart", "lsg_bart")
+# Source config entries that the new config sets itself.
+_DROPPED_CONFIG_KEYS = (
+    "model_type",
+    "architectures",
+    "auto_map",
+    "base_model_prefix",
+    "transformers_version",
+    "_name_or_path",
+    "_commit_hash",
+    "torch_dtype",
+    "dtype",
+    "max_position_embeddings",
+)
+POSITION_OFFSET = 2  # BART's learned position tables start with 2 extra rows
+
+
+class ConversionWarning(UserWarning):
+    """Something the converter worked around (e.g. a tokenizer without a usable mask token)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights (LSG-SPEC 6.2 - 6.3)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tile_positions(weight, max_sequence_length, offset=POSITION_OFFSET):
+    """Keep the `offset` rows, then tile the learned rows `[offset:]` to `max_sequence_length` rows (or cut them)."""
+    learned = weight[offset:]
+    repeats = math.ceil(max_sequence_length / learned.shape[0])
+    return torch.cat([weight[:offset], learned.repeat(repeats, 1)[:max_sequence_length]], dim=0)
+
+
+def _gaussian_rows(rows, num_rows, generator):
+    """`num_rows` rows drawn from a Gaussian with the per-dimension mean and std of `rows` (float32)."""
+    rows = rows.float()
+    mean = rows.mean(0)
+    std = rows.std(0) if rows.shape[0] > 1 else torch.zeros_like(mean)
+    noise = torch.randn(num_rows, rows.shape[1], generator=generator)
+    return mean + std * noise
+
+
+def positional_global_rows(positions, global_positional_stride=64, generator=None, num_rows=MAX_GLOBAL_TOKENS):
+    """The learned position rows `(P, d)` brought to `num_rows` rows and reordered with the stride (LSG-SPEC 6.3).
+
+    P a multiple of 512: every (P/512)-th row; P above 512: cut to a multiple first; P below 512: Gaussian rows
+    appended (drawn with `generator`). Then, with `k = floor(P/512)` (1 when padded) and `s = stride // k`, the 512
+    rows are seen as a `(512/s) x s` grid read column by column.
+    """
+    if not isinstance(global_positional_stride, int) or global_positional_stride < 1:
+        raise ValueError(f"invalid global_positional_stride={global_positional_stride!r}; expected a positive integer")
+    positions = positions.float()
+    P, d = positions.shape
+    if P >= num_rows:
+        k = P // num_rows
+        rows = positions[: k * num_rows : k]
+    else:
+        k = 1
+        rows = torch.cat([positions, _gaussian_rows(positions, num_rows - P, generator)], dim=0)
+    s = max(global_positional_stride // k, 1)
+    if num_rows % s != 0:
+        raise ValueError(
+            f"invalid global_positional_stride={global_positional_stride}: with {P} position rows the grid width is "
+            f"{global_positional_stride} // {k} = {s}, which must divide {num_rows} (use a power of two)"
+        )
+    return rows.reshape(num_rows // s, s, d).transpose(0, 1).reshape(num_rows, d)
+
+
+def sample_like_embeddings(embeddings, num_rows, generator=None):
+    """`num_rows` rows drawn from a multivariate Gaussian fitted (mean, covariance) to the embedding table."""
+    table = embeddings.float()
+    mean = table.mean(0)
+    centred = table - mean
+    cov = (centred.T @ centred).double() / max(table.shape[0] - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # robust to a singular covariance
+    scale = eigenvectors * eigenvalues.clamp(min=0).sqrt()  # (d, d): cov = scale @ scale.T
+    noise = torch.randn(num_rows, table.shape[1], generator=generator, dtype=torch.float64)
+    return (mean.double() + noise @ scale.T).float()
+
+
+def make_global_embeddings(
+    positions,
+    token_embeddings,
+    bos_token_id=None,
+    mask_token_id=None,
+    global_positional_stride=64,
+    random_global_init=False,
+    generator=None,
+):
+    """The 512 global embeddings of a converted model, in float32 (LSG-SPEC 6.3).
+
+    `positions` are the source encoder's learned position rows (without the 2 offset rows), `token_embeddings` its
+    token embedding table. Without `random_global_init`, row 0 gets the `bos` embedding and rows 1..511 the `mask`
+    embedding; with it (or when the mask id is unusable), rows sampled from a Gaussian fitted to the token embeddings
+    are added instead, row 0 being the `bos` embedding.
+    """
+    rows = positional_global_rows(positions, global_positional_stride, generator)
+    vocab_size = token_embeddings.shape[0]
+
+    def usable(token_id):
+        return token_id is not None and 0 <= token_id < vocab_size
+
+    if not random_global_init and not usable(mask_token_id):
+        reason = "has no mask token" if mask_token_id is None else f"mask id {mask_token_id} is outside the vocabulary"
+        warnings.warn(
+            f"The tokenizer {reason} (model vocabulary: {vocab_size} tokens); falling back to --random_global_init.",
+            ConversionWarning,
+            stacklevel=2,
+        )
+        random_global_init = True
+
+    table = token_embeddings.float()
+    if random_global_init:
+        added = sample_like_embeddings(table, rows.shape[0], generator)
+        if usable(bos_token_id):
+            added[0] = table[bos_token_id]
+    else:
+        added = table[mask_token_id].expand_as(rows).clone()
+        if usable(bos_token_id):
+            added[0] = table[bos_token_id]
+    if not usable(bos_token_id):
+        warnings.warn(
+            f"No usable bos token id ({bos_token_id!r}); global token 0 gets no bos embedding.",
+            ConversionWarning,
+            stacklevel=2,
+        )
+    return rows + added
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checking the request
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_model_kwargs(model_kwargs):
+    """`--model_kwargs` as a dict: a dict is returned as is, a string is parsed as a JSON object."""
+    if model_kwargs is None:
+        return {}
+    if isinstance(model_kwargs, str):
+        try:
+            model_kwargs = json.loads(model_kwargs) if model_kwargs.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"--model_kwargs is not valid JSON ({error}): {model_kwargs!r}; expected an object such as "
+                '\'{"block_size": 128, "sparsity_type": "norm"}\''
+            ) from None
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"--model_kwargs must be a JSON object (a dict of config fields), got {model_kwargs!r}")
+    known = LSGBartConfig()
+    unknown = sorted(key for key in model_kwargs if not hasattr(known, key))
+    if unknown:
+        raise ValueError(
+            f"--model_kwargs has unknown config field(s) {', '.join(map(repr, unknown))}; the LSG settings are "
+            f"{', '.join(LSG_SETTINGS)} (any other LSGBartConfig / BartConfig field is accepted too)"
+        )
+    return dict(model_kwargs)
+
+
+def resolve_architecture(architecture, config_dict):
+    """The BART architecture name to convert: `architecture` if given, else the source config's."""
+    supported = ", ".join(SUPPORTED_ARCHITECTURES)
+    if architecture is None:
+        names = config_dict.get("architectures") or []
+        if not names:
+            return DEFAULT_ARCHITECTURE
+        name = names[0]
+        where = "the source config's architecture"
+    else:
+        name = architecture
+        where = "--architecture"
+    base = name[3:] if name.startswith("LSGBart") else name
+    if base not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r} ({where}); supported: {supported} (or their LSG names)")
+    return base
+
+
+def load_source_config(initial_model, token=None):
+    """The source's config.json as a dict (a local folder or a Hub id)."""
+    try:
+        config_dict, _ = LSGBartConfig.get_config_dict(str(initial_model), token=token)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read a model config from {str(initial_model)!r}: {error}") from None
+    model_type = config_dict.get("model_type")
+    if model_type not in BART_MODEL_TYPES:
+        raise ValueError(
+            f"{str(initial_model)!r} is not a BART checkpoint (model_type={model_type!r}); the converter takes "
+            f"model_type 'bart' (BART or a legacy LSG-BART) or 'lsg_bart'"
+        )
+    return config_dict
+
+
+def is_lsg_config(config_dict):
+    """Whether a config.json describes an LSG-BART model (new `lsg_bart` or legacy `bart` with LSG fields)."""
+    return config_dict.get("model_type") == "lsg_bart" or any(field in config_dict for field in LSG_FIELDS)
+
+
+def make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs, dtype=None):
+    """`LSGBartConfig` from the source config, the LSG settings and the new length; invalid settings -> ValueError."""
+    values = {key: value for key, value in config_dict.items() if key not in _DROPPED_CONFIG_KEYS}
+    values.update(model_kwargs)
+    values["max_position_embeddings"] = max_sequence_length
+    values["architectures"] = [ARCHITECTURES[architecture][0].__name__]
+    try:
+        config = LSGBartConfig(**values)
+    except ValueError as error:
+        raise ValueError(f"invalid LSG settings: {error}") from None
+    except Exception as error:  # huggingface_hub's strict-dataclass type errors
+        if type(error).__name__.startswith("StrictDataclass"):
+            raise ValueError(f"invalid LSG settings: {error}") from None
+        raise
+    if dtype is not None:
+        config.dtype = dtype
+    return config
+
+
+def _check_length(max_sequence_length):
+    if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+        raise ValueError(f"invalid max_sequence_length={max_sequence_length!r}; expected a positive integer")
+
+
+def _check_dtype(dtype):
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ValueError(f"invalid dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
+    return dtype
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversion in memory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _load_tokenizer(initial_model, token):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(initial_model), token=token)
+    except Exception as error:  # no tokenizer files, or one transformers cannot build
+        warnings.warn(
+            f"No tokenizer could be loaded from {str(initial_model)!r} ({type(error).__name__}: {error}); the output "
+            "folder will have no tokenizer files.",
+            ConversionWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _load_source_model(initial_model, architecture, lsg_source, token):
+    import transformers
+
+    cls = ARCHITECTURES[architecture][0] if lsg_source else getattr(transformers, architecture)
+    kwargs = {"token": token, "dtype": "auto", "output_loading_info": True}
+    if lsg_source:
+        # A legacy config (model_type "bart") is read by this project's config class, whatever its auto_map says.
+        kwargs["config"] = LSGBartConfig.from_pretrained(str(initial_model), token=token)
+    model, info = cls.from_pretrained(str(initial_model), **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+        warnings.warn(
+            f"{architecture}: {len(missing)} weight(s) not in {str(initial_model)!r} were initialised randomly "
+            f"(seeded): {shown}",
+            ConversionWarning,
+            stacklevel=3,
+        )
+    return model.eval()
+
+
+def _load_generation_config(initial_model, token, config):
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(initial_model), token=token)
+    except (OSError, ValueError):
+        return GenerationConfig.from_model_config(config)
+
+
+def convert_model(
+    initial_model,
+    max_sequence_length=4096,
+    architecture=None,
+    random_global_init=False,
+    global_positional_stride=64,
+    keep_first_global_token=False,
+    resize_lsg=False,
+    model_kwargs=None,
+    seed=123,
+    dtype=None,
+    token=None,
+):
+    """Convert in memory. Returns `(model, tokenizer, info)`: the LSG model (eval mode), the source tokenizer with
+    `model_max_length = max_sequence_length` (or `None` if the source has none), and a dict describing the
+    conversion (used for the model card). Arguments as in [`convert_checkpoint`]."""
+    _check_length(max_sequence_length)
+    dtype = _check_dtype(dtype)
+    model_kwargs = parse_model_kwargs(model_kwargs)
+    if not isinstance(global_positional_stride, int) or global_positional_stride < 1:
+        raise ValueError(f"invalid global_positional_stride={global_positional_stride!r}; expected a positive integer")
+
+    config_dict = load_source_config(initial_model, token)
+    lsg_source = is_lsg_config(config_dict)
+    architecture = resolve_architecture(architecture, config_dict)
+    source_length = config_dict.get("max_position_embeddings")
+    if resize_lsg and not lsg_source:
+        raise ValueError(f"--resize_lsg needs an LSG-BART source; {str(initial_model)!r} is a plain BART checkpoint")
+    if keep_first_global_token and not lsg_source:
+        raise ValueError(
+            f"--keep_first_global_token needs an LSG-BART source (one with global tokens); {str(initial_model)!r} "
+            "is a plain BART checkpoint"
+        )
+    if source_length is not None and max_sequence_length < source_length:
+        if lsg_source:
+            raise ValueError(
+                f"max_sequence_length={max_sequence_length} is below the source's {source_length}; an LSG-BART "
+                f"checkpoint can only be resized to {source_length} tokens or more"
+            )
+        warnings.warn(
+            f"max_sequence_length={max_sequence_length} is below the source's {source_length}: the position tables "
+            "are cut.",
+            ConversionWarning,
+            stacklevel=2,
+        )
+    config = make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs, dtype)
+
+    torch.manual_seed(seed)  # heads that the source lacks are initialised reproducibly
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = _load_tokenizer(initial_model, token)
+    source = _load_source_model(initial_model, architecture, lsg_source, token)
+    source_dtype = source.dtype
+    out_dtype = DTYPES[dtype] if dtype is not None else source_dtype
+    config.dtype = str(out_dtype).removeprefix("torch.")
+
+    prefix = "" if architecture == "BartModel" else "model."
+    state = source.state_dict()
+    global_key = f"{prefix}encoder.global_embeddings.weight"
+    global_init = "none (decoder-only model)"
+    with torch.no_grad():
+        if architecture != "BartForCausalLM" and not resize_lsg:
+            token_embeddings = source.get_input_embeddings().weight
+            mask_id = tokenizer.mask_token_id if tokenizer is not None else None
+            bos_id = tokenizer.bos_token_id if tokenizer is not None else None
+            if bos_id is None:
+                bos_id = config_dict.get("bos_token_id")
+            random_init = random_global_init or not (mask_id is not None and 0 <= mask_id < token_embeddings.shape[0])
+            new_global = make_global_embeddings(
+                state[f"{prefix}encoder.embed_positions.weight"][POSITION_OFFSET:],
+                token_embeddings,
+                bos_token_id=bos_id,
+                mask_token_id=mask_id,
+                global_positional_stride=global_positional_stride,
+                random_global_init=random_global_init,
+                generator=generator,
+            )
+            global_init = "Gaussian fitted to the token embeddings" if random_init else "bos / mask token embeddings"
+            global_init += f" + source positions (stride {global_positional_stride})"
+            if keep_first_global_token:
+                new_global[0] = state[global_key][0].float()
+                global_init += "; first global token kept from the source"
+            state[global_key] = new_global.to(source_dtype)
+        elif resize_lsg:
+            global_init = "kept from the source"
+        for side in ("encoder", "decoder"):
+            key = f"{prefix}{side}.embed_positions.weight"
+            if key in state:
+                state[key] = tile_positions(state[key], max_sequence_length)
+
+    lsg_class = ARCHITECTURES[architecture][0]
+    with torch.device("meta"):
+        model = lsg_class(config)
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise RuntimeError(
+            f"weights do not match {lsg_class.__name__}: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    on_meta = [name for name, tensor in list(model.named_parameters()) + list(model.named_buffers()) if tensor.is_meta]
+    if on_meta:
+        raise RuntimeError(f"weights left unset after conversion: {on_meta}")
+    model.to(out_dtype).eval()
+    model.generation_config = _load_generation_config(initial_model, token, config)
+    del source
+
+    if tokenizer is not None:
+        tokenizer.model_max_length = max_sequence_length
+        tokenizer.init_kwargs["model_max_length"] = max_sequence_length
+
+    info = {
+        "initial_model": str(initial_model),
+        "architecture": architecture,
+        "lsg_class": lsg_class.__name__,
+        "auto_class": ARCHITECTURES[architecture][1],
+        "pipeline_tag": ARCHITECTURES[architecture][2],
+        "source": "LSG-BART" if lsg_source else "BART",
+        "legacy_source": lsg_source and config_dict.get("model_type") == "bart",
+        "source_length": source_length,
+        "max_sequence_length": max_sequence_length,
+        "resize_lsg": resize_lsg,
+        "global_init": global_init,
+        "seed": seed,
+        "dtype": config.dtype,
+    }
+    return model, tokenizer, info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def model_card(config, info):
+    """README.md of a converted checkpoint: YAML front matter, the LSG settings, how to load it."""
+    auto_class = info["auto_class"]
+    tags = ["lsg", "long-context", "bart"]
+    if info["pipeline_tag"] == "summarization":
+        tags.append("summarization")
+    front = ["---", f"base_model: {json.dumps(info['initial_model'])}", "tags:"]
+    front += [f"- {tag}" for tag in tags]
+    front += [f"pipeline_tag: {info['pipeline_tag']}", "library_name: transformers", "---"]
+
+    settings = [("max_sequence_length", info["max_sequence_length"])]
+    settings += [(name, getattr(config, name)) for name in LSG_SETTINGS]
+    table = ["| setting | value |", "|---|---|"] + [f"| `{name}` | `{value}` |" for name, value in settings]
+    conversion = [
+        f"- source: `{info['initial_model']}` ({info['source']}, {info['source_length']} positions"
+        + (", legacy LSG checkpoint upgraded" if info["legacy_source"] else "")
+        + ")",
+        f"- architecture: `{info['lsg_class']}` (from `{info['architecture']}`)",
+        f"- global embeddings: {info['global_init']}",
+        f"- dtype: `{info['dtype']}`, seed: `{info['seed']}`",
+    ]
+    usage_call = "model(**inputs)"
+    if auto_class == "AutoModelForSeq2SeqLM":
+        usage_call = "summary_ids = model.generate(**inputs, num_beams=2, max_new_tokens=64)"
+    snippet = [
+        "```python",
+        f"from transformers import AutoTokenizer, {auto_class}",
+        "",
+        'path = "path/or/hub-id/of/this/model"',
+        "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)",
+        f"model = {auto_class}.from_pretrained(path, trust_remote_code=True)",
+        "",
+        f'inputs = tokenizer(long_text, truncation=True, max_length={info["max_sequence_length"]}, return_tensors="pt")',
+        usage_call,
+        "```",
+    ]
+    body = [
+        "",
+        f"# LSG-BART ({info['max_sequence_length']} tokens)",
+        "",
+        f"`{info['initial_model']}` converted to LSG attention (Local + Sparse + Global) so that its encoder reads "
+        f"sequences of up to {info['max_sequence_length']} tokens, with memory and time linear in the length. "
+        "The weights are those of the source, with tiled position tables and new global tokens: fine-tune it on "
+        "your task before use.",
+        "",
+        "The model code is in this folder (`modeling_lsg_bart.py`, `configuration_lsg_bart.py`): load it with "
+        "`trust_remote_code=True`. Any `AutoModel*` class of an encoder-decoder checkpoint works (the heads a "
+        "checkpoint lacks are initialised randomly).",
+        "",
+        "## LSG settings",
+        "",
+        *table,
+        "",
+        "Inputs longer than `2 * block_size` are padded to a multiple of `block_size` when `adaptive` is set.",
+        "",
+        "## Conversion",
+        "",
+        *conversion,
+        "",
+        "## How to load it",
+        "",
+        *snippet,
+        "",
+    ]
+    return "\n".join(front + body)
+
+
+def save_converted(model, tokenizer, info, folder):
+    """Write the converted checkpoint into `folder` (which must exist)."""
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    package = Path(__file__).resolve().parent
+    for name in ("configuration_lsg_bart.py", "modeling_lsg_bart.py"):
+        if not (folder / name).exists():  # save_pretrained copies them for registered classes; be sure
+            shutil.copyfile(package / name, folder / name)
+    if not (folder / "generation_config.json").exists():
+        model.generation_config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    for pickled in folder.glob("*.bin"):
+        pickled.unlink()
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():  # transformers writes the weights readable by the owner only
+        path.chmod(0o666 & ~umask)
+    (folder / "README.md").write_text(model_card(model.config, info), encoding="utf-8")
+
+
+def _test_inputs(length, config, tokenizer, generator):
+    special = {config.bos_token_id, config.eos_token_id, config.pad_token_id, config.decoder_start_token_id}
+    if tokenizer is not None:
+        special |= set(tokenizer.all_special_ids)
+    allowed = torch.tensor([i for i in range(config.vocab_size) if i not in special])
+    ids = allowed[torch.randint(len(allowed), (1, length), generator=generator)]
+    if length >= 2:
+        ids[0, 0], ids[0, -1] = config.bos_token_id, config.eos_token_id
+    return ids
+
+
+def run_checkpoint_test(folder, max_sequence_length=None, seed=0):
+    """Load `folder` with AutoTokenizer and each Auto class (`trust_remote_code=True`), and run an input of
+    `max_sequence_length` tokens (default: the config's) through each model. Returns the seconds each took."""
+    import transformers
+
+    folder = str(folder)
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    length = max_sequence_length or config.max_position_embeddings
+    tokenizer = None
+    if (Path(folder) / "tokenizer_config.json").exists():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        if tokenizer.model_max_length != length:
+            raise RuntimeError(f"tokenizer model_max_length is {tokenizer.model_max_length}, expected {length}")
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = _test_inputs(length, config, tokenizer, generator)
+    decoder_only = not config.is_encoder_decoder
+    timings = {}
+    for auto_name in DECODER_AUTO_CLASSES if decoder_only else ENCODER_DECODER_AUTO_CLASSES:
+        start = time.perf_counter()
+        auto_class = getattr(transformers, auto_name)
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # heads a checkpoint lacks are expected here
+        try:
+            model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        with torch.inference_mode():
+            outputs = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        main = outputs[0]
+        if not torch.isfinite(main.float()).all():
+            raise RuntimeError(f"{auto_name}: non-finite outputs on a {length}-token input")
+        encoder_states = getattr(outputs, "encoder_last_hidden_state", None)
+        if encoder_states is not None:
+            expected = length + (config.num_global_tokens if config.pass_global_tokens_to_decoder else 0)
+            if encoder_states.shape[1] != expected:
+                raise RuntimeError(f"{auto_name}: encoder output has {encoder_states.shape[1]} positions, expected {expected}")
+        timings[auto_name] = time.perf_counter() - start
+        logger.info("  test %s (%s): %d tokens -> %s in %.1fs", auto_name, type(model).__name__, length,
+                    tuple(main.shape), timings[auto_name])
+        del model, outputs
+    return timings
+
+
+def _check_output_folder(output, initial_model, overwrite):
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"output {str(output)!r} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {str(output)!r} is not empty; pass --overwrite (overwrite=True) to replace it")
+    source = Path(initial_model)
+    if source.is_dir():
+        source, target = source.resolve(), output.resolve()
+        if target == source or source in target.parents:
+            raise ValueError(f"output {str(output)!r} is the source folder or inside it; the source is never written to")
+    return output
+
+
+def _publish(temporary, output):
+    """Rename the complete `temporary` folder to `output`; an old `output` is removed only after that."""
+    old = None
+    if output.is_dir():
+        if any(output.iterdir()):
+            old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(output, old)
+        else:
+            output.rmdir()
+    try:
+        os.replace(temporary, output)
+    except BaseException:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def push_folder_to_hub(folder, repo_id, private=False, token=None, commit_message=None):
+    """Create (or reuse) the Hub repository `repo_id` and upload `folder` to it. Returns the repository URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        commit_message=commit_message or "Upload LSG-BART checkpoint",
+    )
+    return str(url)
+
+
+def convert_checkpoint(
+    initial_model,
+    model_name,
+    max_sequence_length=4096,
+    architecture=None,
+    random_global_init=False,
+    global_positional_stride=64,
+    keep_first_global_token=False,
+    resize_lsg=False,
+    model_kwargs=None,
+    seed=123,
+    run_test=False,
+    push_to_hub=None,
+    private=False,
+    token=None,
+    overwrite=False,
+    dtype=None,
+):
+    """Convert `initial_model` (a local folder or Hub id of a BART or LSG-BART checkpoint) and save it to the
+    folder `model_name`. Returns the output folder as a `Path`.
+
+    Args:
+        initial_model: the source checkpoint.
+        model_name: the output folder; refused if not empty unless `overwrite`.
+        max_sequence_length: the new maximum length (position tables, tokenizer `model_max_length`).
+        architecture: one of `SUPPORTED_ARCHITECTURES` (default: the source config's `architectures`).
+        random_global_init: global embeddings from a Gaussian fitted to the token embeddings instead of the
+            bos / mask embeddings.
+        global_positional_stride: stride of the positional part of the global embeddings.
+        keep_first_global_token: LSG source: keep its global token 0.
+        resize_lsg: LSG source: only change the length (keep its global embeddings).
+        model_kwargs: dict or JSON string of config fields (the LSG settings: block_size, sparse_block_size,
+            sparsity_factor, sparsity_type, num_global_tokens, ...).
+        seed: seed of every random draw (Gaussian rows, heads missing from the source).
+        run_test: load the result with each Auto class and run a `max_sequence_length`-token input before saving.
+        push_to_hub: a Hub repository id to upload the finished folder to (`private`, `token`).
+        overwrite: replace a non-empty output folder (only once the new one is complete).
+        dtype: `"float32"`, `"float16"` or `"bfloat16"` (default: the source's).
+
+    Raises:
+        ValueError: a bad argument, a source that is not BART, invalid LSG settings.
+        FileExistsError: a non-empty output folder without `overwrite`.
+    """
+    _check_length(max_sequence_length)
+    _check_dtype(dtype)
+    parse_model_kwargs(model_kwargs)
+    output = _check_output_folder(model_name, initial_model, overwrite)
+
+    start = time.perf_counter()
+    model, tokenizer, info = convert_model(
+        initial_model,
+        max_sequence_length=max_sequence_length,
+        architecture=architecture,
+        random_global_init=random_global_init,
+        global_positional_stride=global_positional_stride,
+        keep_first_global_token=keep_first_global_token,
+        resize_lsg=resize_lsg,
+        model_kwargs=model_kwargs,
+        seed=seed,
+        dtype=dtype,
+        token=token,
+    )
+    logger.info(
+        "Converted %s (%s, %s positions) to %s with %d positions in %.1fs",
+        info["initial_model"], info["architecture"], info["source_length"], info["lsg_class"],
+        max_sequence_length, time.perf_counter() - start,
+    )
+
+    parent = output.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        temporary.chmod(0o777 & ~umask)  # mkdtemp makes it private
+        start = time.perf_counter()
+        save_converted(model, tokenizer, info, temporary)
+        logger.info("Saved in %.1fs", time.perf_counter() - start)
+        del model
+        if run_test:
+            start = time.perf_counter()
+            run_checkpoint_test(temporary, max_sequence_length, seed=seed)
+            logger.info("Test passed in %.1fs", time.perf_counter() - start)
+        _publish(temporary, output)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    logger.info("Wrote %s", output)
+
+    if push_to_hub:
+        url = push_folder_to_hub(
+            output,
+            push_to_hub,
+            private=private,
+            token=token,
+            commit_message=f"LSG-BART conversion of {info['initial_model']} to {max_sequence_length} tokens",
+        )
+        logger.info("Pushed to %s", url)
+    return output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="lsg-bart-convert",
+        description="Convert a BART checkpoint (local folder or Hub id) to LSG-BART for long inputs, or resize / "
+        "upgrade an LSG-BART checkpoint. The output folder loads with trust_remote_code=True.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--initial_model", required=True, help="source checkpoint: a local folder or a Hub model id")
+    parser.add_argument("--model_name", required=True, help="output folder of the converted checkpoint")
+    parser.add_argument(
+        "--max_sequence_length", type=int, default=4096,
+        help="maximum input length of the converted model (position tables are tiled to it)",
+    )
+    parser.add_argument(
+        "--architecture", default=None,
+        help=f"architecture to convert to, one of {', '.join(SUPPORTED_ARCHITECTURES)} "
+        "(default: the source config's; LSGBart* names are accepted too)",
+    )
+    parser.add_argument(
+        "--random_global_init", action="store_true",
+        help="initialise the global tokens from a Gaussian fitted to the token embeddings instead of the bos/mask "
+        "token embeddings",
+    )
+    parser.add_argument(
+        "--global_positional_stride", type=int, default=64,
+        help="stride used to spread the source's position embeddings over the 512 global embeddings",
+    )
+    parser.add_argument(
+        "--keep_first_global_token", action="store_true",
+        help="LSG source: keep its first global token when the global embeddings are re-initialised",
+    )
+    parser.add_argument(
+        "--resize_lsg", action="store_true",
+        help="LSG source: only change max_sequence_length, keeping its global embeddings",
+    )
+    parser.add_argument(
+        "--model_kwargs", default="{}",
+        help='config fields as a JSON object, e.g. \'{"block_size": 128, "sparse_block_size": 128, '
+        '"sparsity_factor": 2, "sparsity_type": "norm", "num_global_tokens": 1}\'; sparsity_type is one of '
+        f"{', '.join(SPARSITY_TYPES)}",
+    )
+    parser.add_argument("--seed", type=int, default=123, help="seed of the random draws (Gaussian rows, new heads)")
+    parser.add_argument(
+        "--run_test", action="store_true",
+        help="before publishing, load the result with each AutoModel* class (trust_remote_code=True) and run an input "
+        "of max_sequence_length tokens",
+    )
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="upload the result to this Hub repository")
+    parser.add_argument("--private", action="store_true", help="with --push_to_hub: create a private repository")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help="dtype of the saved weights (default: the source's)"
+    )
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def main(argv=None):
+    """Entry point of `lsg-bart-convert`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        model_kwargs = parse_model_kwargs(args.model_kwargs)
+    except ValueError as error:
+        parser.error(str(error))
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        output = convert_checkpoint(
+            args.initial_model,
+            args.model_name,
+            max_sequence_length=args.max_sequence_length,
+            architecture=args.architecture,
+            random_global_init=args.random_global_init,
+            global_positional_stride=args.global_positional_stride,
+            keep_first_global_token=args.keep_first_global_token,
+            resize_lsg=args.resize_lsg,
+            model_kwargs=model_kwargs,
+            seed=args.seed,
+            run_test=args.run_test,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            token=args.token,
+            overwrite=args.overwrite,
+            dtype=args.dtype,
+        )
+    except (ValueError, FileExistsError) as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; no output folder was written", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = previous_showwarning
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    print(f"Done: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
