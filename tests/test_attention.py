@@ -1,0 +1,186 @@
+"""LSG attention against literal, loop-by-loop readings of LSG-SPEC sections 4 and 5."""
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_config
+
+from lsg_bart import SPARSITY_TYPES, LSGBartModel
+from lsg_bart.modeling_lsg_bart import (
+    LSGSelfAttention,
+    select_by_block_stride,
+    select_by_norm,
+    select_by_pooling,
+    select_by_stride,
+)
+
+
+def random_tokens(n=2, h=4, t=32, d=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n, h, t, d, generator=generator)
+    values = torch.randn(n, h, t, d, generator=generator)
+    visible = torch.ones(n, 1, t, 1, dtype=torch.bool)
+    visible[1, :, t - 7 :] = False  # row 1 is padded
+    return keys, values, visible
+
+
+def test_norm_keeps_largest_norms_per_chunk_in_ascending_order():
+    keys, values, visible = random_tokens()
+    chunk, factor = 8, 2
+    k, v, m = select_by_norm(keys, values, visible, chunk, factor)
+    n, h, t, _ = keys.shape
+    for b in range(n):
+        for head in range(h):
+            for c in range(t // chunk):
+                span = slice(c * chunk, (c + 1) * chunk)
+                norms = keys[b, head, span].norm(dim=-1) * visible[b, 0, span, 0]
+                chosen = norms.argsort()[-(chunk // factor) :] + c * chunk
+                out = slice(c * chunk // factor, (c + 1) * chunk // factor)
+                picked_visible = visible[b, 0, chosen, 0]
+                assert torch.equal(m[b, head, out, 0], picked_visible)
+                # Masked tokens all count as norm 0: which of them fill a chunk does not matter.
+                assert torch.equal(k[b, head, out][picked_visible], keys[b, head, chosen][picked_visible])
+                assert torch.equal(v[b, head, out][picked_visible], values[b, head, chosen][picked_visible])
+
+
+def test_pooling_averages_visible_tokens_and_masks_empty_groups():
+    keys, values, visible = random_tokens()
+    k, v, m = select_by_pooling(keys, values, visible, 4)
+    t = keys.shape[2]
+    for g in range(t // 4):
+        weights = visible[1, 0, g * 4 : (g + 1) * 4, 0].float()
+        expected = (keys[1, :, g * 4 : (g + 1) * 4] * weights[:, None]).sum(1) / (weights.sum() + 1e-6)
+        torch.testing.assert_close(k[1, :, g], expected)
+        assert bool(m[1, 0, g, 0]) == bool(weights.sum() > 0)
+    assert not m[1, 0, -1, 0] and m[0].all()
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_stride_and_block_stride_pick_the_specified_tokens(factor):
+    keys, values, visible = random_tokens(h=6)
+    block_size = 8
+    k, _, _ = select_by_stride(keys, values, visible, factor)
+    for head in range(6):
+        assert torch.equal(k[:, head], keys[:, head, head % factor :: factor])
+    k, _, _ = select_by_block_stride(keys, values, visible, factor, block_size)
+    per_block = block_size // factor
+    for head in range(6):
+        start = (head * per_block) % block_size
+        picks = [b + start + j for b in range(0, keys.shape[2], block_size) for j in range(per_block)]
+        assert torch.equal(k[:, head], keys[:, head, picks])
+
+
+def literal_lsg(attn, query, key, value, visible):
+    """LSG-SPEC section 4 read literally: for every block, list its keys one index at a time."""
+    n, h, T, d = query.shape
+    G, bs, f, sbs = attn.num_global_tokens, attn.block_size, attn.sparsity_factor, attn.sparse_block_size
+    t = T - G
+    per_block = bs // f
+    scores_mask = visible[:, 0, :, 0]  # (n, T)
+    out = torch.empty_like(query)
+    full = (query[:, :, :G] @ key.transpose(-1, -2)).masked_fill(~scores_mask[:, None, None], float("-inf"))
+    out[:, :, :G] = full.softmax(-1) @ value
+    sparse_k, sparse_v, sparse_m = attn.select_sparse_tokens(key[:, :, G:], value[:, :, G:], visible[:, :, G:], query[:, :, G : G + 1])
+    sparse_m = sparse_m.expand(n, h, -1, 1)[..., 0]
+    rest_m = visible[:, 0, G:, 0]
+    after_start_shift = 2 if per_block % 2 == 1 else 0
+    for i in range(t // bs):
+        for b in range(n):
+            for head in range(h):
+                ks, vs, ms = [key[b, head, :G]], [value[b, head, :G]], [torch.ones(G, dtype=torch.bool)]
+                if attn.sparsity_type != "none" and sbs > 0:
+                    starts = [(i - 1) * per_block - sbs, (i + 2) * per_block - after_start_shift]
+                    for p in [s + j for s in starts for j in range(sbs)]:
+                        inside = 0 <= p < t // f
+                        ks.append(sparse_k[b, head, p : p + 1] if inside else torch.zeros(1, key.shape[-1]))
+                        vs.append(sparse_v[b, head, p : p + 1] if inside else torch.zeros(1, key.shape[-1]))
+                        ms.append(sparse_m[b, head, p : p + 1] if inside else torch.zeros(1, dtype=torch.bool))
+                for p in range((i - 1) * bs, (i + 2) * bs):
+                    inside = 0 <= p < t
+                    ks.append(key[b, head, G + p : G + p + 1] if inside else torch.zeros(1, key.shape[-1]))
+                    vs.append(value[b, head, G + p : G + p + 1] if inside else torch.zeros(1, key.shape[-1]))
+                    ms.append(rest_m[b, p : p + 1] if inside else torch.zeros(1, dtype=torch.bool))
+                k_set, v_set, m_set = torch.cat(ks), torch.cat(vs), torch.cat(ms)
+                q = query[b, head, G + i * bs : G + (i + 1) * bs]
+                scores = (q @ k_set.T).masked_fill(~m_set, float("-inf"))
+                out[b, head, G + i * bs : G + (i + 1) * bs] = scores.softmax(-1) @ v_set
+    return out
+
+
+GEOMETRIES = [(8, 2, 8), (8, 2, 3), (4, 4, 2), (12, 4, 6)]  # (4, 4) and (12, 4): odd tokens per block, the quirk
+
+
+def norm_accepts(block_size, sparsity_factor, sparse_block_size):
+    chunk = min(block_size, sparse_block_size)
+    return block_size % chunk == 0 and chunk % sparsity_factor == 0
+
+
+@pytest.mark.parametrize(
+    "sparsity_type, block_size, sparsity_factor, sparse_block_size",
+    [
+        (sparsity_type, *geometry)
+        for sparsity_type in ["none", "norm", "pooling", "stride", "block_stride", "bos_pooling"]
+        for geometry in GEOMETRIES
+        if sparsity_type != "norm" or norm_accepts(*geometry)
+    ],
+)
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_block_key_sets_follow_the_spec(sparsity_type, block_size, sparsity_factor, sparse_block_size, attn_implementation):
+    config = tiny_config(
+        block_size=block_size,
+        sparsity_factor=sparsity_factor,
+        sparse_block_size=sparse_block_size,
+        sparsity_type=sparsity_type,
+        num_global_tokens=2,
+        attn_implementation=attn_implementation,
+    )
+    attn = LSGSelfAttention(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    n, h, t, d = 2, 4, 8 * block_size, 8
+    T = t + 2
+    query, key, value = (torch.randn(n, h, T, d, generator=generator) for _ in range(3))
+    visible = torch.ones(n, 1, T, 1, dtype=torch.bool)
+    visible[1, :, T - block_size - 3 :] = False
+    with torch.no_grad():
+        ours = attn.lsg_attention(query, key, value, visible, 0.0, attn_implementation == "sdpa")
+    torch.testing.assert_close(ours, literal_lsg(attn, query, key, value, visible), atol=1e-5, rtol=1e-5)
+
+
+def model_pair(sparsity_type):
+    """The same weights with the fused (sdpa) path and the straightforward (eager) path."""
+    config = tiny_config(sparsity_type=sparsity_type, lsh_seed=3, attn_implementation="eager")
+    reference = LSGBartModel(config).eval()
+    fast = LSGBartModel(tiny_config(sparsity_type=sparsity_type, lsh_seed=3, attn_implementation="sdpa")).eval()
+    fast.load_state_dict(reference.state_dict())
+    return reference, fast
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_fast_path_matches_reference_forward_and_backward(sparsity_type):
+    reference, fast = model_pair(sparsity_type)
+    input_ids, attention_mask = padded_batch([300, 237])
+    results = []
+    for model in (reference, fast):
+        out = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        loss = (out * attention_mask.new_ones(1).float()).pow(2).mean()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads))
+    (ref_out, ref_grads), (fast_out, fast_grads) = results
+    torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-5)
+    assert ref_grads.keys() == fast_grads.keys() and any("q_proj" in name for name in ref_grads)
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_lsh_seed_makes_outputs_reproducible():
+    input_ids, attention_mask = padded_batch([300, 237])
+    seeded = LSGBartModel(tiny_config(sparsity_type="lsh", lsh_seed=7)).eval()
+    other_seed = LSGBartModel(tiny_config(sparsity_type="lsh", lsh_seed=8)).eval()
+    other_seed.load_state_dict(seeded.state_dict())
+    with torch.no_grad():
+        first, second, third = (
+            model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            for model in (seeded, seeded, other_seed)
+        )
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, third)
