@@ -252,8 +252,11 @@ def build_compute_metrics(tokenizer):
     return compute_metrics
 
 
-def main(argv=None):
-    """Run the example; returns the `Seq2SeqTrainer` (its model is the trained one)."""
+def main(argv=None, callbacks=None):
+    """Run the example with command-line arguments `argv` (default: `sys.argv[1:]`) and extra `TrainerCallback`s.
+
+    Returns the `Seq2SeqTrainer`, whose model is the trained one (None when there is nothing to do).
+    """
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
     logger.warning(
@@ -359,6 +362,7 @@ def main(argv=None):
         processing_class=tokenizer,
         data_collator=data_collator,
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
+        callbacks=callbacks,
     )
 
     if training_args.do_train:
