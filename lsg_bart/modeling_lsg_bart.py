@@ -144,7 +144,9 @@ def select_by_lsh(keys, values, mask, chunk_size, factor, pre_rounds, generator)
     for num_buckets in [chunk_size] * pre_rounds + [chunk_size // factor]:
         k, v, counts = lsh_merge(k, v, counts, num_buckets, generator)  # (n, h, t/c, buckets, d)
     k, v, counts = (x.reshape(n, h, t // factor, -1) for x in (k, v, counts))
-    return k / (counts + 1e-8), v / (counts + 1e-8), counts > 0
+    # Counts are whole numbers: dividing by max(count, 1) equals the original's count + 1e-8 in float32, and
+    # unlike it stays finite in float16, where 1e-8 rounds to 0.
+    return k / counts.clamp_min(1), v / counts.clamp_min(1), counts > 0
 
 
 def select_by_bos_pooling(keys, values, mask, first_query, factor):

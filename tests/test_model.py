@@ -1,0 +1,267 @@
+"""The Hugging Face flow on tiny LSG-BART models: every sparsity type, heads, generation, saving, dtypes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_config
+from transformers import AutoConfig, AutoModel
+
+from lsg_bart import (
+    SPARSITY_TYPES,
+    LSGBartConfig,
+    LSGBartForCausalLM,
+    LSGBartForConditionalGeneration,
+    LSGBartForQuestionAnswering,
+    LSGBartForSequenceClassification,
+    LSGBartModel,
+)
+
+# Below two blocks (full attention), not a multiple of the block size, and more than 20 blocks of 16.
+LENGTHS = [25, 150, 400]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("sparsity_type", "random"),
+        ("sparsity_factor", 3),
+        ("num_global_tokens", 0),
+        ("num_global_tokens", 513),
+        ("block_size", -16),
+        ("sparse_block_size", -1),
+        ("sparsity_factor", 0),
+    ],
+)
+def test_invalid_settings_name_field_and_value(field, value):
+    with pytest.raises(ValueError, match=rf"`{field}`={value!r}"):
+        LSGBartConfig(**{field: value})
+
+
+def test_default_config_is_valid_and_maps_every_auto_class():
+    config = LSGBartConfig()
+    assert (config.block_size, config.sparse_block_size, config.sparsity_factor) == (128, 128, 2)
+    assert config.model_type == "lsg_bart" and config.sparsity_type == "norm"
+    assert set(config.auto_map) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForQuestionAnswering",
+        "AutoModelForSeq2SeqLM",
+        "AutoModelForSequenceClassification",
+    }
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_every_sparsity_type_runs_forward_and_backward(sparsity_type, length):
+    config = tiny_config(sparsity_type=sparsity_type)
+    model = LSGBartForConditionalGeneration(config).train()
+    input_ids, attention_mask = padded_batch([length, length - 9])
+    labels = input_ids[:, :12].clone()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    assert out.encoder_last_hidden_state.shape == (2, length + config.num_global_tokens, config.d_model)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    out.loss.backward()
+    q_grad = model.model.encoder.layers[0].self_attn.q_proj.weight.grad
+    global_grad = model.model.encoder.global_embeddings.weight.grad
+    assert torch.isfinite(q_grad).all() and q_grad.abs().sum() > 0
+    assert global_grad[: config.num_global_tokens].abs().sum() > 0
+
+
+def test_caller_mask_is_not_modified_even_with_mask_first_token():
+    model = LSGBartModel(tiny_config(mask_first_token=True)).eval()
+    input_ids, attention_mask = padded_batch([150, 120])
+    before = attention_mask.clone()
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    assert torch.equal(attention_mask, before)
+
+
+@pytest.mark.parametrize("sparsity_type", ["none", "norm", "pooling", "stride", "block_stride"])
+def test_padding_does_not_change_real_tokens(sparsity_type):
+    model = LSGBartModel(tiny_config(sparsity_type=sparsity_type)).eval()
+    input_ids, attention_mask = padded_batch([300, 200])
+    with torch.no_grad():
+        batched = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        alone = model.encoder(input_ids=input_ids[1:, :200]).last_hidden_state
+    torch.testing.assert_close(batched[1, : 200 + 2], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_embeds_match_input_ids():
+    model = LSGBartForConditionalGeneration(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch([320, 250])
+    decoder_input_ids = input_ids[:, :7]
+    with torch.no_grad():
+        from_ids = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        embeds = model.get_input_embeddings()(input_ids)
+        from_embeds = model(inputs_embeds=embeds, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    torch.testing.assert_close(from_embeds.logits, from_ids.logits)
+
+
+def test_global_tokens_dropped_before_decoder():
+    config = tiny_config(pass_global_tokens_to_decoder=False)
+    model = LSGBartModel(config).eval()
+    input_ids, attention_mask = padded_batch([150, 120])
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5])
+    assert out.encoder_last_hidden_state.shape == (2, 150, config.d_model)
+
+
+def test_hidden_states_and_tuple_outputs():
+    config = tiny_config()
+    model = LSGBartForConditionalGeneration(config).eval()
+    input_ids, attention_mask = padded_batch([150, 120])
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        as_tuple = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)
+    assert len(out.encoder_hidden_states) == config.encoder_layers + 1
+    assert len(out.decoder_hidden_states) == config.decoder_layers + 1
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = tiny_config(dropout=0.0, attention_dropout=0.0)
+    input_ids, attention_mask = padded_batch([300, 260])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = LSGBartForConditionalGeneration(config).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.model.encoder.gradient_checkpointing
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :10].contiguous()).loss
+        loss.backward()
+        grads.append(model.model.encoder.layers[0].self_attn.k_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_dropout_is_active_in_training_only():
+    model = LSGBartModel(tiny_config(dropout=0.3, attention_dropout=0.3))
+    input_ids, attention_mask = padded_batch([200, 150])
+    model.train()
+    a, b = (model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for _ in range(2))
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        c, d = (model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for _ in range(2))
+    assert torch.equal(c, d)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_half_precision_forward_is_finite_on_padded_batches(dtype, sparsity_type):
+    model = LSGBartForConditionalGeneration(tiny_config(sparsity_type=sparsity_type, lsh_seed=0)).eval()
+    input_ids, attention_mask = padded_batch([300, 170])
+    with torch.no_grad():
+        reference = model(input_ids=input_ids, attention_mask=attention_mask).encoder_last_hidden_state
+        out = model.to(dtype)(input_ids=input_ids, attention_mask=attention_mask)
+    assert out.logits.dtype == dtype
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.encoder_last_hidden_state).all()
+    real = torch.cat([torch.ones(2, 2, dtype=torch.bool), attention_mask.bool()], dim=1)
+    error = (out.encoder_last_hidden_state.float() - reference)[real].abs().max()
+    assert error < 0.1, error
+
+
+def test_generate_on_a_long_input_greedy_beam_and_cache():
+    config = tiny_config(max_position_embeddings=4200, block_size=64, sparse_block_size=64, dropout=0.0)
+    model = LSGBartForConditionalGeneration(config).eval()
+    input_ids, attention_mask = padded_batch([4100, 4000])
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6)
+    with torch.no_grad():
+        cached = model.generate(**kwargs, do_sample=False, num_beams=1, use_cache=True)
+        uncached = model.generate(**kwargs, do_sample=False, num_beams=1, use_cache=False)
+        beams = model.generate(**kwargs, do_sample=False, num_beams=3, num_return_sequences=2)
+    assert torch.equal(cached, uncached)
+    assert cached.shape[0] == 2 and cached.shape[1] >= 7
+    assert beams.shape[0] == 4
+
+
+def test_every_head_runs():
+    config = tiny_config()
+    input_ids, attention_mask = padded_batch([150, 120])
+    with torch.no_grad():
+        classifier = LSGBartForSequenceClassification(tiny_config(num_labels=3)).eval()
+        assert classifier(input_ids=input_ids, attention_mask=attention_mask).logits.shape == (2, 3)
+        qa = LSGBartForQuestionAnswering(config).eval()
+        spans = qa(input_ids=input_ids, attention_mask=attention_mask)
+        assert spans.start_logits.shape == spans.end_logits.shape == (2, 150)
+        causal = LSGBartForCausalLM(tiny_config()).eval()
+        assert causal(input_ids=input_ids[:, :20]).logits.shape == (2, 20, config.vocab_size)
+
+
+def test_input_longer_than_positions_or_unaligned_without_adaptive_is_refused():
+    model = LSGBartModel(tiny_config(max_position_embeddings=256)).eval()
+    with pytest.raises(ValueError, match="max_position_embeddings=256"):
+        model.encoder(input_ids=torch.ones(1, 300, dtype=torch.long))
+    model = LSGBartModel(tiny_config(adaptive=False)).eval()
+    with pytest.raises(ValueError, match="not a multiple of block_size=16"):
+        model.encoder(input_ids=torch.ones(1, 150, dtype=torch.long))
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys, torch
+    try:
+        import lsg_bart
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("lsg_bart must not be importable here")
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForQuestionAnswering, AutoModelForCausalLM
+    folder, inputs = sys.argv[1], torch.load(sys.argv[2])
+    for auto in (AutoModel, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForCausalLM):
+        model = auto.from_pretrained(folder, trust_remote_code=True)
+        assert type(model).__name__.startswith("LSGBart"), type(model)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    torch.save(logits, sys.argv[3])
+    print(json.dumps({"config": type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__}))
+    """
+)
+
+
+def test_saved_folder_loads_in_a_process_without_the_package(tmp_path):
+    model = LSGBartForConditionalGeneration(tiny_config(sparsity_type="pooling")).eval()
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "lsg_bart" and config["auto_map"]["AutoModelForSeq2SeqLM"].startswith("modeling_lsg_bart.")
+    assert (folder / "modeling_lsg_bart.py").exists() and (folder / "configuration_lsg_bart.py").exists()
+
+    input_ids, attention_mask = padded_batch([150, 120])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": input_ids[:, :6]}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "lsg_bart.py").write_text("raise ImportError('lsg_bart is blocked in this test')\n")
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH_PROCESS)
+    env = {"PYTHONPATH": str(blocker), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "logits.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"config": "LSGBartConfig"}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def test_new_checkpoints_are_not_silently_loaded_as_plain_bart(tmp_path):
+    LSGBartModel(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoConfig.from_pretrained(tmp_path, trust_remote_code=False)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModel.from_pretrained(tmp_path, trust_remote_code=False)
