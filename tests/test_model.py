@@ -265,3 +265,14 @@ def test_new_checkpoints_are_not_silently_loaded_as_plain_bart(tmp_path):
         AutoConfig.from_pretrained(tmp_path, trust_remote_code=False)
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModel.from_pretrained(tmp_path, trust_remote_code=False)
+
+
+def test_shipped_default_config_is_lsg_bart_base_4096():
+    from conftest import REPO
+
+    config = LSGBartConfig.from_pretrained(REPO)
+    assert (config.d_model, config.encoder_layers, config.encoder_attention_heads, config.vocab_size) == (768, 6, 12, 50265)
+    assert config.max_position_embeddings == 4096
+    assert (config.block_size, config.sparse_block_size, config.sparsity_factor) == (128, 128, 2)
+    assert config.sparsity_type == "norm" and config.num_global_tokens == 1
+    assert json.loads((REPO / "config.json").read_text())["auto_map"] == config.auto_map
