@@ -112,6 +112,7 @@ IMPLS = [
 ]
 IMPLS_BY_KEY = {impl.key: impl for impl in IMPLS}
 QUICK_IMPLS = ("lsg_norm", "lsg_bf16", "bart_sdpa")
+QUICK_TRAIN = ("lsg_norm",)  # the smoke grid trains only this one, to stay well under a minute
 
 
 def estimate_extra_mb(impl: Impl, mode: str, length: int, size: dict) -> float:
@@ -363,17 +364,26 @@ def select_impls(names: str | None, quick: bool) -> list[Impl]:
     return selected
 
 
-def plan_grid(impls, modes, lengths, explicit_impls: bool):
-    """Settings to run, in order: mode, implementation, length.
+def training_keys(impls, explicit_impls: bool, quick: bool) -> set:
+    """Implementations that run in train mode.
 
-    In the default grid the LSG variants (other sparsity types, eager, bf16) run in inference only; with an
-    explicit `--impls`, every listed implementation runs in every requested mode.
+    With an explicit `--impls`, all the listed ones; in the quick grid only `QUICK_TRAIN`; in the default grid
+    those marked `train` (the LSG variants: other sparsity types, eager and bf16, run in inference only).
     """
+    if explicit_impls:
+        return {impl.key for impl in impls}
+    if quick:
+        return set(QUICK_TRAIN)
+    return {impl.key for impl in impls if impl.train}
+
+
+def plan_grid(impls, modes, lengths, train_keys) -> list:
+    """Settings to run, in order: mode, implementation, length."""
     return [
         (impl, mode, length)
         for mode in modes
         for impl in impls
-        if mode == "infer" or impl.train or explicit_impls
+        if mode == "infer" or impl.key in train_keys
         for length in lengths
     ]
 
@@ -493,9 +503,9 @@ def floor_table(lengths, size: dict, gflops: float) -> dict:
 
 
 def add_floor_fractions(rows, size: dict, gflops: float | None) -> None:
-    """Set "floor_fraction" = LSG-floor time / median time on successful inference rows."""
+    """Set "floor_fraction" = LSG-floor time / median time on successful fp32 inference rows."""
     for row in rows:
-        if gflops and row.get("status") == "ok" and row["mode"] == "infer":
+        if gflops and row.get("status") == "ok" and row["mode"] == "infer" and row["dtype"] == "float32":
             row["floor_fraction"] = lsg_floor_flops(row["length"], size) / (gflops * 1e9) / row["median_s"]
 
 
@@ -532,8 +542,11 @@ def bf16_comparison(rows) -> list[dict]:
     return comparison
 
 
-def load_original(path: str | None, size: dict) -> dict | None:
-    """The original implementation's figures from `path` as result rows, or None without a file."""
+def load_original(path: str | None) -> dict | None:
+    """The original implementation's figures from `path` as result rows, or None without a file.
+
+    The file's figures are at bart-base size; their LSG-floor fractions use the file's `matmul_gflops`.
+    """
     if not path:
         return None
     data = json.loads(Path(path).read_text())
@@ -556,13 +569,16 @@ def load_original(path: str | None, size: dict) -> dict | None:
                 "extra_mb": entry["extra_mb"],
             }
         )
-    add_floor_fractions(rows, size, data.get("matmul_gflops"))
+    add_floor_fractions(rows, MODEL_SIZES["base"], data.get("matmul_gflops"))
     return {**{k: v for k, v in data.items() if k != "rows"}, "label": label, "rows": rows}
 
 
-def original_comparison(rows, original: dict | None) -> list[dict]:
-    """Speed-up (original time / this project's time) and memory ratio where both were measured."""
-    if not original:
+def original_comparison(rows, original: dict | None, size_name: str) -> list[dict]:
+    """Speed-up (original time / this project's time) and memory ratio where both were measured.
+
+    Only for runs at bart-base size, the size of the original's figures.
+    """
+    if not original or size_name != "base":
         return []
     comparison = []
     for old in original["rows"]:
@@ -592,7 +608,7 @@ def finalize(results: dict, original: dict | None) -> dict:
     results["original"] = original
     results["comparisons"] = {
         "bf16": bf16_comparison(results["rows"]),
-        "original": original_comparison(results["rows"], original),
+        "original": original_comparison(results["rows"], original, results["meta"]["size_name"]),
     }
     return results
 
@@ -615,7 +631,7 @@ def markdown_header(results: dict) -> list[str]:
     shapes = ", ".join(f"{shape} {rate:.1f}" for shape, rate in fp32["shapes"].items())
     bf16_shapes = ", ".join(f"{shape} {rate:.1f}" for shape, rate in bf16["shapes"].items())
     floor = "; ".join(
-        f"{int(length):,} tokens {entry['gflop']:.0f} GFLOP = {entry['seconds']:.2f} s"
+        f"{int(length):,} tokens {entry['gflop']:.3g} GFLOP = {entry['seconds']:.3g} s"
         for length, entry in results["floor"].items()
     )
     return [
@@ -693,7 +709,7 @@ def markdown_bf16(comparison) -> list[str]:
     return lines + [""]
 
 
-def markdown_original(original: dict | None, comparison) -> list[str]:
+def markdown_original(original: dict | None, comparison, size_name: str) -> list[str]:
     """Speed-up over the original implementation."""
     if not original:
         return []
@@ -706,6 +722,8 @@ def markdown_original(original: dict | None, comparison) -> list[str]:
         "memory ratio = original extra MB / lsg-bart extra MB.",
         "",
     ]
+    if size_name != "base":
+        return lines + [f"No comparison: this run used model size `{size_name}`, the original's figures are at base size.", ""]
     if not comparison:
         return lines + ["No setting was measured by both.", ""]
     lines += [
@@ -732,7 +750,7 @@ def write_markdown(results: dict, path: Path) -> None:
         if any(row["mode"] == mode for row in rows):
             lines += [f"## {titles[mode]}", ""] + markdown_results(rows, mode) + [""]
     lines += markdown_bf16(results["comparisons"]["bf16"])
-    lines += markdown_original(results["original"], results["comparisons"]["original"])
+    lines += markdown_original(results["original"], results["comparisons"]["original"], results["meta"]["size_name"])
     lines.append("Plot: `results.png` (time and extra memory against length, log-log).")
     path.write_text("\n".join(lines) + "\n")
 
@@ -747,8 +765,46 @@ def series(rows, mode: str) -> dict:
     return {label: sorted(points, key=lambda r: r["length"]) for label, points in grouped.items()}
 
 
+def line_style(points) -> dict:
+    """The original's figures dashed with open squares, this project's LSG solid, the peers dash-dotted."""
+    if points[0]["key"] == "original":
+        return {"linestyle": "--", "marker": "s", "markerfacecolor": "none"}
+    return {"linestyle": "-" if points[0]["impl"].startswith("lsg") else "-.", "marker": "o"}
+
+
+def color_key(points) -> str:
+    """Rows of the original share the colour of this project's LSG rows with the same setting."""
+    impl = "lsg" if points[0]["key"] == "original" else points[0]["impl"]
+    return f"{impl} {points[0]['setting']}"
+
+
+def plot_mode(time_ax, mem_ax, rows, mode: str, colors: dict, floor: dict) -> None:
+    """Time and memory panels of one mode."""
+    lengths = set()
+    for label, points in series(rows, mode).items():
+        xs = [p["length"] for p in points]
+        lengths.update(xs)
+        kwargs = {"color": colors[color_key(points)], "label": label, **line_style(points)}
+        time_ax.plot(xs, [p["median_s"] for p in points], **kwargs)
+        mem_ax.plot(xs, [max(p["extra_mb"], 1.0) for p in points], **kwargs)
+    if mode == "infer" and floor:
+        xs = sorted(int(length) for length in floor)
+        time_ax.plot(xs, [floor[str(x)]["seconds"] for x in xs], color="black", linestyle=":",
+                     label="LSG floor (FLOPs at the fp32 matmul rate)")
+    for ax, ylabel in ((time_ax, "median time (s)"), (mem_ax, "extra memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        if lengths:
+            ax.set_xticks(sorted(lengths), [f"{x:,}" for x in sorted(lengths)])
+        ax.set_xlabel("tokens")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{mode}: {ylabel}")
+        ax.grid(True, which="both", alpha=0.3)
+    mem_ax.legend(*time_ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+
+
 def write_plot(results: dict, path: Path) -> None:
-    """results.png: time (left) and extra memory (right) against length, one row of panels per mode."""
+    """results.png: time (left) and extra memory (right) against length, log-log, one row of panels per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -757,27 +813,12 @@ def write_plot(results: dict, path: Path) -> None:
     rows = results["rows"] + (results["original"]["rows"] if results["original"] else [])
     modes = [mode for mode in MODES if any(row["mode"] == mode for row in rows)] or ["infer"]
     fig, axes = plt.subplots(len(modes), 2, figsize=(15, 5.5 * len(modes)), squeeze=False)
-    labels = sorted({label for mode in modes for label in series(rows, mode)})
-    colors = {label: plt.get_cmap("tab20")(i % 20) for i, label in enumerate(labels)}
+    keys = sorted({color_key(points) for mode in modes for points in series(rows, mode).values()})
+    colors = {key: plt.get_cmap("tab20")(i % 20) for i, key in enumerate(keys)}
     for (time_ax, mem_ax), mode in zip(axes, modes):
-        for label, points in series(rows, mode).items():
-            lengths = [p["length"] for p in points]
-            style = "--" if label.startswith("original") else ("-" if label.startswith("lsg") else "-.")
-            kwargs = {"color": colors[label], "linestyle": style, "marker": "o", "label": label}
-            time_ax.plot(lengths, [p["median_s"] for p in points], **kwargs)
-            mem_ax.plot(lengths, [max(p["extra_mb"], 1.0) for p in points], **kwargs)
-        if mode == "infer" and results["floor"]:
-            floor = sorted((int(length), entry["seconds"]) for length, entry in results["floor"].items())
-            time_ax.plot(*zip(*floor), color="black", linestyle=":", label="LSG floor (FLOPs at matmul rate)")
-        for ax, ylabel in ((time_ax, "median time (s)"), (mem_ax, "extra memory (MB)")):
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("tokens")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{mode}: {ylabel}")
-            ax.grid(True, which="both", alpha=0.3)
-        mem_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"lsg-bart benchmark, {results['meta']['date']} ({results['meta']['threads']} threads, CPU)")
+        plot_mode(time_ax, mem_ax, rows, mode, colors, results.get("floor") or {})
+    meta = results["meta"]
+    fig.suptitle(f"lsg-bart benchmark, {meta['date']} (CPU, {meta['threads']} threads, model size {meta['size_name']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -826,7 +867,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="base", help="encoder size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke grid: tiny model, 1024 tokens, lsg_norm/lsg_bf16/bart_sdpa, 1 run")
+                        help="smoke grid: tiny model, 1024 tokens, lsg_norm/lsg_bf16/bart_sdpa in inference and lsg_norm "
+                        "in training, 1 run")
     parser.add_argument("--from-json", default=None, help="only rewrite the markdown and plot from a results.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -886,14 +928,15 @@ def main(argv=None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
-        original = load_original(args.original, results["meta"]["size"]) if args.original else results["original"]
+        original = load_original(args.original) if args.original else results.get("original")
         write_reports(finalize(results, original), out_dir)
         print(f"wrote {out_dir / 'results.md'} and {out_dir / 'results.png'}")
         return
 
     size = MODEL_SIZES[args.size]
     impls = select_impls(args.impls, args.quick)
-    plan = plan_grid(impls, args.modes, args.lengths, explicit_impls=args.impls is not None)
+    train_keys = training_keys(impls, explicit_impls=args.impls is not None, quick=args.quick)
+    plan = plan_grid(impls, args.modes, args.lengths, train_keys)
     results = {"meta": machine_meta(args), "rows": []}
     json_path = out_dir / "results.json"
 
@@ -911,12 +954,12 @@ def main(argv=None) -> None:
     print(f"matmul rate: fp32 {matmul['float32']['best']:.1f} GFLOP/s {matmul['float32']['shapes']}; "
           f"bf16 {matmul['bfloat16']['best']:.1f} GFLOP/s", flush=True)
     for length, entry in results["floor"].items():
-        print(f"LSG floor at {length} tokens: {entry['gflop']:.0f} GFLOP = {entry['seconds']:.2f} s", flush=True)
+        print(f"LSG floor at {length} tokens: {entry['gflop']:.3g} GFLOP = {entry['seconds']:.3g} s", flush=True)
 
     start = time.perf_counter()
     run_grid(plan, args, size, results, save)
     results["meta"]["elapsed_s"] = time.perf_counter() - start
-    finalize(results, load_original(args.original, size))
+    finalize(results, load_original(args.original))
     save(results)
     write_reports(results, out_dir)
     print(f"done in {results['meta']['elapsed_s']:.0f} s; wrote {json_path}, results.md and results.png", flush=True)

@@ -1,0 +1,128 @@
+"""The benchmark script: its smoke grid end to end, and its planning and FLOP arithmetic."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "run_benchmark.py"
+ORIGINAL = ROOT / "benchmarks" / "anchors_original.json"
+
+
+def load_benchmark_module():
+    spec = importlib.util.spec_from_file_location("run_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_benchmark_module()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """Run the --quick grid once, with the original's figures, into a temporary directory."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(out_dir), "--original", str(ORIGINAL)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out_dir, proc
+
+
+def test_quick_run_writes_json_with_positive_times(quick_run):
+    out_dir, _ = quick_run
+    results = json.loads((out_dir / "results.json").read_text())
+    measured = {(row["key"], row["mode"], row["length"]): row for row in results["rows"]}
+    expected = {
+        ("lsg_norm", "infer", 1024),
+        ("lsg_norm", "train", 1024),
+        ("lsg_bf16", "infer", 1024),
+        ("bart_sdpa", "infer", 1024),
+    }
+    assert set(measured) == expected
+    for row in measured.values():
+        assert row["status"] == "ok", row
+        assert row["median_s"] > 0 and all(t > 0 for t in row["times_s"])
+        assert row["tokens_per_s"] > 0
+        assert row["baseline_mb"] > 0 and row["peak_mb"] > 0
+    assert results["matmul"]["float32"]["best"] > 0 and results["matmul"]["bfloat16"]["best"] > 0
+    assert measured[("lsg_norm", "infer", 1024)]["floor_fraction"] > 0
+
+    (bf16,) = results["comparisons"]["bf16"]
+    assert bf16["speedup"] > 0
+    assert 0 < bf16["rel_l2_err"] < 0.1  # bf16 keeps about 3 significant digits
+    assert results["original"]["label"] == "original (from file, measured 2026-11-24)"
+    assert len(results["original"]["rows"]) == 13
+    assert results["comparisons"]["original"] == []  # the original's figures are at base size, --quick is tiny
+
+
+def test_quick_run_writes_markdown_and_png(quick_run):
+    out_dir, proc = quick_run
+    markdown = (out_dir / "results.md").read_text()
+    for expected in [
+        "| lsg | norm b128 s128 f2 | infer | 1024 |",
+        "| lsg | norm b128 s128 f2 | train | 1024 |",
+        "| lsg_bf16 | norm b128 s128 f2 | infer | 1024 |",
+        "| bart_sdpa |  | infer | 1024 |",
+        "| original (from file, measured 2026-11-24) | norm b128 s128 f2 | infer | 16384 | 17.81 |",
+        "## bf16 vs fp32",
+        "## lsg-bart vs the original implementation",
+        "No comparison: this run used model size `tiny`",
+        "Matmul rate fp32:",
+    ]:
+        assert expected in markdown
+    assert (out_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "matmul rate" in proc.stdout and "LSG floor" in proc.stdout
+
+
+def test_reports_can_be_rewritten_from_json(quick_run, tmp_path):
+    out_dir, _ = quick_run
+    bench.main(["--from-json", str(out_dir / "results.json"), "--out-dir", str(tmp_path)])
+    assert "| lsg | norm b128 s128 f2 | infer | 1024 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").exists()
+
+
+def test_lsg_floor_matches_the_anchors():
+    base = bench.MODEL_SIZES["base"]
+    assert bench.lsg_keys_per_query(bench.MAIN_LSG) == 641
+    gflop = {length: bench.lsg_floor_flops(length, base) / 1e9 for length in bench.LENGTHS}
+    assert [round(gflop[length]) for length in bench.LENGTHS] == [99, 396, 793, 1585]
+
+
+def test_default_grid_and_memory_skips():
+    args = Namespace(max_mem_gb=18.0)
+    base = bench.MODEL_SIZES["base"]
+    train_keys = bench.training_keys(bench.IMPLS, explicit_impls=False, quick=False)
+    plan = bench.plan_grid(bench.IMPLS, ["infer", "train"], list(bench.LENGTHS), train_keys)
+    trained = {impl.key for impl, mode, _ in plan if mode == "train"}
+    assert trained == {"lsg_norm", "bart_sdpa", "bart_eager", "led_w256", "led_w1024", "bigbird"}
+    inferred = {impl.key for impl, mode, _ in plan if mode == "infer"}
+    assert inferred == set(bench.IMPLS_BY_KEY)
+
+    eager = bench.IMPLS_BY_KEY["bart_eager"]
+    assert bench.skip_reason(eager, "infer", 8192, args, base, {}) is None
+    assert "skipped: estimated" in bench.skip_reason(eager, "infer", 16384, args, base, {})
+    lsg = bench.IMPLS_BY_KEY["lsg_norm"]
+    assert bench.skip_reason(lsg, "train", 16384, args, base, {}) is None
+    failed = {("lsg_norm", "train"): "timeout"}
+    assert "shorter length" in bench.skip_reason(lsg, "train", 16384, args, base, failed)
+
+
+def test_original_figures_and_comparison():
+    original = bench.load_original(str(ORIGINAL))
+    first = original["rows"][0]
+    assert (first["setting"], first["mode"], first["length"], first["median_s"]) == ("norm b128 s128 f2", "infer", 1024, 0.62)
+    assert round(first["floor_fraction"], 2) == 0.77  # as in the anchors: 0.48 s floor / 0.62 s
+    ours = [
+        {**first, "key": "lsg_norm", "impl": "lsg", "source": "this run", "median_s": 0.31, "extra_mb": 44},
+        {**first, "key": "bart_sdpa", "impl": "bart_sdpa", "setting": "", "median_s": 0.1},
+    ]
+    (comparison,) = bench.original_comparison(ours, original, "base")
+    assert comparison["speedup"] == pytest.approx(2.0) and comparison["memory_ratio"] == pytest.approx(2.0)
+    assert bench.original_comparison(ours, original, "tiny") == []
