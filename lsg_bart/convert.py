@@ -299,6 +299,14 @@ def make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs
         if type(error).__name__.startswith("StrictDataclass"):
             raise ValueError(f"invalid LSG settings: {error}") from None
         raise
+    bs = config.block_size
+    if max_sequence_length > 2 * bs and max_sequence_length % bs != 0:
+        lower, upper = max_sequence_length // bs * bs, (max_sequence_length // bs + 1) * bs
+        raise ValueError(
+            f"invalid LSG settings: max_sequence_length={max_sequence_length} is not a multiple of "
+            f"block_size={bs}, so an input of that length would be padded past the position table; use "
+            f"{lower} or {upper}"
+        )
     if dtype is not None:
         config.dtype = dtype
     return config
@@ -324,11 +332,46 @@ def _check_dtype(dtype):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load_tokenizer(initial_model, token):
-    from transformers import AutoTokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+)
 
+
+def _has_tokenizer_files(initial_model, token):
+    """Whether the source ships a tokenizer (transformers would otherwise build an empty one with made-up ids)."""
+    if Path(initial_model).is_dir():
+        return any((Path(initial_model) / name).is_file() for name in TOKENIZER_FILES)
+    from transformers.utils import cached_file
+
+    for name in TOKENIZER_FILES[:3]:
+        try:
+            if cached_file(str(initial_model), name, token=token, _raise_exceptions_for_missing_entries=False):
+                return True
+        except OSError:
+            return False
+    return False
+
+
+def _load_tokenizer(initial_model, token):
+    from transformers import AutoTokenizer, BartConfig
+
+    if not _has_tokenizer_files(initial_model, token):
+        warnings.warn(
+            f"{str(initial_model)!r} has no tokenizer files; the output folder will have none, and the global "
+            "tokens get the config's bos id and a random init (no mask token).",
+            ConversionWarning,
+            stacklevel=3,
+        )
+        return None
     try:
-        return AutoTokenizer.from_pretrained(str(initial_model), token=token)
+        # A BART config stands in for the source's: a legacy LSG config's auto_map names a file that is not there.
+        return AutoTokenizer.from_pretrained(str(initial_model), token=token, config=BartConfig())
     except Exception as error:  # no tokenizer files, or one transformers cannot build
         warnings.warn(
             f"No tokenizer could be loaded from {str(initial_model)!r} ({type(error).__name__}: {error}); the output "
@@ -339,14 +382,14 @@ def _load_tokenizer(initial_model, token):
         return None
 
 
-def _load_source_model(initial_model, architecture, lsg_source, token):
+def _load_source_model(initial_model, config_dict, architecture, lsg_source, token):
     import transformers
 
     cls = ARCHITECTURES[architecture][0] if lsg_source else getattr(transformers, architecture)
     kwargs = {"token": token, "dtype": "auto", "output_loading_info": True}
     if lsg_source:
         # A legacy config (model_type "bart") is read by this project's config class, whatever its auto_map says.
-        kwargs["config"] = LSGBartConfig.from_pretrained(str(initial_model), token=token)
+        kwargs["config"] = LSGBartConfig.from_dict(config_dict)
     model, info = cls.from_pretrained(str(initial_model), **kwargs)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
@@ -419,7 +462,7 @@ def convert_model(
     torch.manual_seed(seed)  # heads that the source lacks are initialised reproducibly
     generator = torch.Generator().manual_seed(seed)
     tokenizer = _load_tokenizer(initial_model, token)
-    source = _load_source_model(initial_model, architecture, lsg_source, token)
+    source = _load_source_model(initial_model, config_dict, architecture, lsg_source, token)
     source_dtype = source.dtype
     out_dtype = DTYPES[dtype] if dtype is not None else source_dtype
     config.dtype = str(out_dtype).removeprefix("torch.")
