@@ -183,6 +183,49 @@ def attend(query, key, value, visible, dropout, use_sdpa):
     return probs @ value  # (..., q, d)
 
 
+def attend_in_two_parts(query, first, second):
+    """Attention over the union of two key sets: each set through PyTorch's fused CPU kernel, merged by log-sum-exp.
+
+    Lets the local windows stay overlapping views instead of copies. The kernel gives no gradient through its
+    log-sum-exp, so this serves inference only. Each part is (key, value, visible) as for `attend`.
+    """
+    parts = []
+    for key, value, visible in (first, second):
+        bias = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
+        bias = bias.masked_fill(~visible, torch.finfo(query.dtype).min)  # the kernel wants a float mask
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, attn_mask=bias, scale=1.0
+        )[:2]
+        parts.append((out, lse.unsqueeze(-1)))  # (..., q, d), (..., q, 1)
+    (first_out, first_lse), (second_out, second_lse) = parts
+    lse = torch.logaddexp(first_lse, second_lse)
+    return (first_out * (first_lse - lse).exp() + second_out * (second_lse - lse).exp()).to(query.dtype)
+
+
+def can_attend_in_two_parts(query, dropout):
+    """Whether `attend_in_two_parts` applies: CPU inference without dropout, in a dtype the kernel masks safely."""
+    needs_grad = torch.is_grad_enabled() and query.requires_grad
+    return query.device.type == "cpu" and dropout == 0.0 and not needs_grad and query.dtype in (torch.float32, torch.bfloat16)
+
+
+def batch_key_sets(parts, n, h):
+    """Join (key, value, visible) parts of shape (n, h|1, nb, k, c) along k, with (n*h) as the kernel's batch.
+
+    Returns keys and values (n*h, nb, K, d) and visible (n*h, nb, 1, K). A single part stays a view.
+    """
+    keys, values, masks = zip(*parts)
+
+    def join(tensors):
+        tensors = [x.expand(n, h, -1, -1, -1) for x in tensors]
+        return (tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=3)).flatten(0, 1)  # (n*h, nb, K, c)
+
+    masks = [m.squeeze(-1) for m in masks]  # (n, h|1, nb, k)
+    mask_heads = max(m.shape[1] for m in masks)
+    visible = torch.cat([m.expand(n, mask_heads, -1, -1) for m in masks], dim=3)  # (n, h|1, nb, K)
+    visible = visible.expand(n, h, -1, -1).reshape(n * h, -1, 1, visible.shape[-1])  # (n*h, nb, 1, K)
+    return join(keys), join(values), visible
+
+
 class LSGSelfAttention(BartAttention):
     """BART self-attention of the encoder computed with LSG attention (same projections and weights).
 
@@ -209,10 +252,9 @@ class LSGSelfAttention(BartAttention):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         n, T, _ = hidden_states.shape
         heads = (n, T, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(heads).transpose(1, 2) * self.scaling  # (n, h, T, d)
-        # Keys and values are copied into whole-head rows once: every block and window below is then a plain slice.
-        key = self.k_proj(hidden_states).view(heads).transpose(1, 2).contiguous()  # (n, h, T, d)
-        value = self.v_proj(hidden_states).view(heads).transpose(1, 2).contiguous()  # (n, h, T, d)
+        query = (self.q_proj(hidden_states) * self.scaling).view(heads).transpose(1, 2)  # (n, h, T, d)
+        key = self.k_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
+        value = self.v_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
         if attention_mask is None:
             attention_mask = hidden_states.new_ones(n, T, dtype=torch.bool)
         visible = attention_mask.view(n, 1, T, 1)  # (n, 1, T, 1)
@@ -236,26 +278,21 @@ class LSGSelfAttention(BartAttention):
         global_out = attend(query[:, :, :G], key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, G, d)
 
         rest = (key[:, :, G:], value[:, :, G:], visible[:, :, G:])  # (n, h|1, t, d|1)
-        # Each part is a (key, value, visible) triple of shape (n, h|1, nb, k, d|1), in the spec's key order.
-        parts = [tuple(x[:, :, :G].unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in (key, value, visible))]
+        # Key sets as (key, value, visible) triples of shape (n, h|1, nb, k, d|1), in the spec's order:
+        # global tokens, the sparse window before and after the block, then the local window.
+        context = [tuple(x[:, :, :G].unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in (key, value, visible))]
         if self.sparse_block_size > 0 and self.sparsity_type != "none":
             sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1])
             windows = [sparse_windows(x, bs // self.sparsity_factor, self.sparse_block_size, nb) for x in sparse]
-            parts += list(zip(*windows))  # the "before" part, then the "after" part
-        parts.append(tuple(local_windows(x, bs) for x in rest))
-        keys, values, masks = zip(*parts)
-        masks = [m.squeeze(-1) for m in masks]  # (n, h|1, nb, k)
-        mask_heads = max(m.shape[1] for m in masks)
+            context += list(zip(*windows))
+        local = tuple(local_windows(x, bs) for x in rest)  # overlapping views (n, h|1, nb, 3*bs, d|1)
 
-        # Blocks become batch entries: PyTorch's fused CPU kernel only takes 4-d inputs.
-        block_key = torch.cat([k.expand(n, h, -1, -1, -1) for k in keys], dim=3)  # (n, h, nb, K, d)
-        block_key = block_key.view(n, h * nb, -1, d)  # (n, h*nb, K, d) with K = G + 2*sbs + 3*bs
-        block_value = torch.cat([v.expand(n, h, -1, -1, -1) for v in values], dim=3).view(n, h * nb, -1, d)
-        block_visible = torch.cat([m.expand(n, mask_heads, -1, -1) for m in masks], dim=3)  # (n, h|1, nb, K)
-        block_visible = block_visible.expand(n, h, -1, -1).reshape(n, h * nb, 1, -1)  # (n, h*nb, 1, K)
-        block_query = query[:, :, G:].reshape(n, h * nb, bs, d)  # (n, h*nb, bs, d)
-
-        block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)  # (n, h*nb, bs, d)
+        block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d)
+        if use_sdpa and can_attend_in_two_parts(block_query, dropout):
+            block_out = attend_in_two_parts(block_query, batch_key_sets(context, n, h), batch_key_sets([local], n, h))
+        else:
+            block_key, block_value, block_visible = batch_key_sets(context + [local], n, h)  # (n*h, nb, K, d)
+            block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)
         return torch.cat([global_out, block_out.view(n, h, nb * bs, d)], dim=2)  # (n, h, T, d)
 
     def select_sparse_tokens(self, keys, values, visible, first_query):

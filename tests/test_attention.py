@@ -7,6 +7,8 @@ from conftest import padded_batch, tiny_config
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
 from lsg_bart.modeling_lsg_bart import (
     LSGSelfAttention,
+    attend,
+    attend_in_two_parts,
     select_by_block_stride,
     select_by_norm,
     select_by_pooling,
@@ -170,6 +172,42 @@ def test_fast_path_matches_reference_forward_and_backward(sparsity_type):
     assert ref_grads.keys() == fast_grads.keys() and any("q_proj" in name for name in ref_grads)
     for name in ref_grads:
         torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+def test_fast_inference_path_matches_reference(sparsity_type):
+    reference, fast = model_pair(sparsity_type)
+    input_ids, attention_mask = padded_batch([300, 150])  # row 1: whole blocks of padding
+    with torch.inference_mode():
+        ref_out, fast_out = (
+            m.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for m in (reference, fast)
+        )
+    torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_part_attention_equals_attention_over_the_union(dtype):
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 5, 8, 16, generator=generator).to(dtype)
+    first = [torch.randn(3, 5, 6, 16, generator=generator).to(dtype) for _ in range(2)]
+    second = [torch.randn(3, 5, 24, 16, generator=generator).to(dtype) for _ in range(2)]
+    first_visible = torch.rand(3, 5, 1, 6, generator=generator) > 0.3
+    first_visible[..., 0] = True
+    second_visible = torch.rand(3, 5, 1, 24, generator=generator) > 0.3
+    second_visible[0, 0] = False  # a block whose second set is entirely masked
+    with torch.no_grad():
+        split = attend_in_two_parts(query, (*first, first_visible), (*second, second_visible))
+        union = attend(  # the straightforward path, in float32 on the same inputs
+            query.float(),
+            torch.cat([first[0], second[0]], dim=2).float(),
+            torch.cat([first[1], second[1]], dim=2).float(),
+            torch.cat([first_visible, second_visible], dim=-1),
+            0.0,
+            False,
+        )
+    assert split.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(split.float(), union, atol=tolerance, rtol=tolerance)
 
 
 def test_lsh_seed_makes_outputs_reproducible():
