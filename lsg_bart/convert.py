@@ -445,19 +445,19 @@ def convert_model(
             f"--keep_first_global_token needs an LSG-BART source (one with global tokens); {str(initial_model)!r} "
             "is a plain BART checkpoint"
         )
-    if source_length is not None and max_sequence_length < source_length:
-        if lsg_source:
-            raise ValueError(
-                f"max_sequence_length={max_sequence_length} is below the source's {source_length}; an LSG-BART "
-                f"checkpoint can only be resized to {source_length} tokens or more"
-            )
+    if lsg_source and source_length is not None and max_sequence_length < source_length:
+        raise ValueError(
+            f"max_sequence_length={max_sequence_length} is below the source's {source_length}; an LSG-BART "
+            f"checkpoint can only be resized to {source_length} tokens or more"
+        )
+    config = make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs, dtype)
+    if not lsg_source and source_length is not None and max_sequence_length < source_length:
         warnings.warn(
             f"max_sequence_length={max_sequence_length} is below the source's {source_length}: the position tables "
             "are cut.",
             ConversionWarning,
             stacklevel=2,
         )
-    config = make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs, dtype)
 
     torch.manual_seed(seed)  # heads that the source lacks are initialised reproducibly
     generator = torch.Generator().manual_seed(seed)
@@ -592,8 +592,9 @@ def model_card(config, info):
         "your task before use.",
         "",
         "The model code is in this folder (`modeling_lsg_bart.py`, `configuration_lsg_bart.py`): load it with "
-        "`trust_remote_code=True`. Any `AutoModel*` class of an encoder-decoder checkpoint works (the heads a "
-        "checkpoint lacks are initialised randomly).",
+        "`trust_remote_code=True` (`AutoModel`, `AutoModelForSeq2SeqLM`, `AutoModelForSequenceClassification`, "
+        "`AutoModelForQuestionAnswering`, `AutoModelForCausalLM`; a head the checkpoint lacks is initialised "
+        "randomly).",
         "",
         "## LSG settings",
         "",

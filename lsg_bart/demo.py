@@ -169,6 +169,9 @@ def main(argv=None):
     if args.input_tokens > args.length:
         parser.error(f"--input_tokens={args.input_tokens} is above --length={args.length}")
     torch.manual_seed(args.seed)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one line per step is enough here
     try:
         if args.output_dir is not None:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)

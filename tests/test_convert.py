@@ -536,6 +536,8 @@ def test_errors_about_the_source(t5_like, tmp_path):
         convert_checkpoint(t5_like, tmp_path / "out", 4096)
     with pytest.raises(ValueError, match="cannot read a model config"):
         convert_checkpoint(tmp_path / "missing", tmp_path / "out", 4096)
+    with pytest.raises(ValueError, match="cannot read a model config from 'facebook/bart-base'"):  # offline
+        convert_checkpoint("facebook/bart-base", tmp_path / "out", 4096)
     with pytest.raises(ValueError, match="below the source's 512"):  # an LSG model is not shrunk
         convert_checkpoint(PARITY / "norm", tmp_path / "out", 256, resize_lsg=True)
     assert list(tmp_path.iterdir()) == []
