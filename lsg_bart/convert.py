@@ -827,13 +827,19 @@ def convert_checkpoint(
     logger.info("Wrote %s", output)
 
     if push_to_hub:
-        url = push_folder_to_hub(
-            output,
-            push_to_hub,
-            private=private,
-            token=token,
-            commit_message=f"LSG-BART conversion of {info['initial_model']} to {max_sequence_length} tokens",
-        )
+        try:
+            url = push_folder_to_hub(
+                output,
+                push_to_hub,
+                private=private,
+                token=token,
+                commit_message=f"LSG-BART conversion of {info['initial_model']} to {max_sequence_length} tokens",
+            )
+        except Exception as error:
+            raise RuntimeError(
+                f"the checkpoint is complete in {str(output)!r}, but pushing it to {push_to_hub!r} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
         logger.info("Pushed to %s", url)
     return output
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import (
     BartConfig,
     BartForCausalLM,
@@ -622,7 +622,7 @@ def test_cli_refuses_non_empty_output(tiny_bart, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_push_to_hub_uploads_the_finished_folder(tiny_bart, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_finished_folder(tiny_bart, tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     calls = []
@@ -647,6 +647,18 @@ def test_push_to_hub_uploads_the_finished_folder(tiny_bart, tmp_path, monkeypatc
     assert calls[1] == ("create_repo", "me/lsg-tiny", True, True)
     assert calls[2][:3] == ("upload_folder", "me/lsg-tiny", "lsg-tiny")  # the published folder, not a temporary one
     assert {"model.safetensors", "config.json", "README.md", "modeling_lsg_bart.py"} <= set(calls[2][3])
+
+    # A failed upload keeps the finished local folder and says so, without a traceback.
+    def offline(self, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(FakeApi, "upload_folder", offline)
+    assert main(["--initial_model", str(tiny_bart), "--model_name", str(tmp_path / "second"),
+                 "--max_sequence_length", "256", "--model_kwargs", json.dumps(SMALL_LSG),
+                 "--push_to_hub", "me/lsg-tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "complete in" in err and "no network" in err and "Traceback" not in err
+    assert (tmp_path / "second" / "model.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
