@@ -10,7 +10,7 @@ The run writes `results.json`, `results.md` and `results.png` to `--out-dir`. Fi
 implementation (which cannot run on transformers 5) can be added from a file with `--original`.
 
 Examples:
-    python benchmarks/run_benchmark.py                                  # full grid (about 1 h 15 min)
+    python benchmarks/run_benchmark.py                                  # full grid (about an hour)
     python benchmarks/run_benchmark.py --original benchmarks/anchors_original.json
     python benchmarks/run_benchmark.py --quick                          # smoke test, < 1 min
     python benchmarks/run_benchmark.py --impls lsg_norm,bart_sdpa --lengths 1024,4096 --modes infer
@@ -129,8 +129,18 @@ def estimate_extra_mb(impl: Impl, mode: str, length: int, size: dict) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def round_up(length: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `length`."""
+    return -(-length // multiple) * multiple
+
+
 def build_encoder(impl: Impl, size: dict, length: int):
-    """The encoder of `impl` with random weights, at `size`, able to read `length` tokens."""
+    """The encoder of `impl` with random weights, at `size`, able to read `length` tokens.
+
+    The encoder class is built on its own: the same module as `LSGBartModel(config).encoder`,
+    `BartModel(config).encoder`, ... without the decoder. Position tables are rounded up to the padding
+    that LSG (block size), LED (attention window) and BigBird (block size) apply.
+    """
     common = {
         "vocab_size": size["vocab_size"],
         "d_model": size["d_model"],
@@ -146,7 +156,8 @@ def build_encoder(impl: Impl, size: dict, length: int):
         from lsg_bart import LSGBartConfig
         from lsg_bart.modeling_lsg_bart import LSGBartEncoder
 
-        return LSGBartEncoder(LSGBartConfig(max_position_embeddings=length, **common, **impl.options))
+        positions = round_up(length, impl.options["block_size"])
+        return LSGBartEncoder(LSGBartConfig(max_position_embeddings=positions, **common, **impl.options))
     if impl.family == "bart":
         from transformers import BartConfig
         from transformers.models.bart.modeling_bart import BartEncoder
@@ -156,14 +167,15 @@ def build_encoder(impl: Impl, size: dict, length: int):
         from transformers import LEDConfig
         from transformers.models.led.modeling_led import LEDEncoder
 
-        window = impl.options["attention_window"]
-        padded = -(-length // window) * window
-        return LEDEncoder(LEDConfig(max_encoder_position_embeddings=padded, **common, **impl.options))
+        positions = round_up(length, impl.options["attention_window"])
+        return LEDEncoder(LEDConfig(max_encoder_position_embeddings=positions, **common, **impl.options))
     if impl.family == "bigbird":
         from transformers import BigBirdPegasusConfig
         from transformers.models.bigbird_pegasus.modeling_bigbird_pegasus import BigBirdPegasusEncoder
 
-        return BigBirdPegasusEncoder(BigBirdPegasusConfig(max_position_embeddings=length, **common, **impl.options))
+        positions = round_up(length, impl.options["block_size"])
+        config = BigBirdPegasusConfig(max_position_embeddings=positions, **common, **impl.options)
+        return BigBirdPegasusEncoder(config)
     raise ValueError(f"unknown family {impl.family!r}")
 
 
@@ -637,10 +649,12 @@ def markdown_header(results: dict) -> list[str]:
     return [
         f"# lsg-bart benchmark, {meta['date']}",
         "",
-        f"{meta['cpu']}; {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}.",
+        f"{meta['cpu']}; {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}; "
+        f"load average {meta.get('load_average_start', float('nan')):.1f} before the run; "
+        f"command `{meta.get('command', '')}`.",
         f"Encoder only, batch 1, random weights, model size `{meta['size_name']}`: d_model {size['d_model']}, "
         f"{size['heads']} heads, ffn {size['ffn']}, {size['layers']} layers. fp32 unless marked bf16. "
-        f"Median of {meta['repeats']} runs (at most 2 when the warm-up took over {meta['slow_s']:.0f} s) after "
+        f"Median of {meta['repeats']} run{'s' if meta['repeats'] != 1 else ''} (at most 2 when the warm-up took over {meta['slow_s']:.0f} s) after "
         "one warm-up, each setting in a fresh process. extra MB = peak resident memory growth over the built "
         "model. train = forward + backward of mean(hidden states), train mode, dropout 0.1 "
         "(attention and activation dropout 0).",
@@ -838,7 +852,7 @@ def default_max_mem_gb() -> float:
     """18 GB, or 75% of the machine's memory when that is less."""
     try:
         total_kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
-        return min(18.0, 0.75 * total_kb / 1024**2)
+        return round(min(18.0, 0.75 * total_kb / 1024**2), 1)
     except (OSError, StopIteration, ValueError):
         return 18.0
 
@@ -849,12 +863,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] + " Each setting runs in a fresh subprocess; results go to "
         "results.json, results.md and results.png in --out-dir.",
         epilog=f"Implementations: {keys}. Default grid: all of them at 1024/4096/8192/16384 tokens in inference; "
-        "lsg_norm, bart_sdpa, bart_eager, led_w256, led_w1024 and bigbird also in training. Settings whose "
-        "estimated memory exceeds --max-mem-gb are skipped with a note (e.g. bart_eager above 8192 tokens).",
+        "lsg_norm, bart_sdpa, bart_eager, led_w256, led_w1024 and bigbird also in training (with --impls, every "
+        "listed one in every mode). Each setting: encoder only, batch 1, random weights, one warm-up then the "
+        "median of --repeats runs; extra MB = peak RSS growth over the built model; train = forward + backward "
+        "of mean(hidden states), dropout 0.1. Settings whose estimated memory exceeds --max-mem-gb are skipped "
+        "with a note (e.g. bart_eager at 16384 tokens). The fp32/bf16 matmul rate and the LSG floor (FLOPs of the "
+        "LSG encoder at that rate) are printed first. See docs/benchmark.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="comma-separated token counts")
-    parser.add_argument("--impls", default=None, help="comma-separated implementation keys (default: all)")
+    parser.add_argument("--impls", default=None, help="comma-separated implementation keys; all when omitted")
     parser.add_argument("--modes", default="infer,train", help="comma-separated: infer, train")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
     parser.add_argument("--slow-s", type=float, default=10.0, help="use at most 2 runs when the warm-up is slower")
@@ -910,6 +928,7 @@ def machine_meta(args) -> dict:
         "max_mem_gb": args.max_mem_gb,
         "timeout_s": args.timeout,
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "load_average_start": os.getloadavg()[0],
     }
 
 
@@ -944,6 +963,8 @@ def main(argv=None) -> None:
         json_path.write_text(json.dumps(partial, indent=1))
 
     print(f"{len(plan)} settings, {args.threads} threads, model size {args.size}; results in {out_dir}", flush=True)
+    if os.getloadavg()[0] > 0.5:
+        print(f"warning: load average {os.getloadavg()[0]:.1f}; other processes will disturb the timings", flush=True)
     shapes = QUICK_MATMUL_SHAPES if args.quick else MATMUL_SHAPES
     matmul = run_in_subprocess({"kind": "matmul", "shapes": shapes, "threads": args.threads,
                                 "repeats": 5}, args.timeout)
