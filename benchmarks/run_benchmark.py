@@ -348,7 +348,7 @@ def run_in_subprocess(task: dict, timeout: float) -> dict:
         task_path, result_path = Path(tmp) / "task.json", Path(tmp) / "result.json"
         task_path.write_text(json.dumps({**task, "result_path": str(result_path)}))
         threads = str(task["threads"])
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(task_path)]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -654,7 +654,8 @@ def markdown_header(results: dict) -> list[str]:
         f"command `{meta.get('command', '')}`.",
         f"Encoder only, batch 1, random weights, model size `{meta['size_name']}`: d_model {size['d_model']}, "
         f"{size['heads']} heads, ffn {size['ffn']}, {size['layers']} layers. fp32 unless marked bf16. "
-        f"Median of {meta['repeats']} run{'s' if meta['repeats'] != 1 else ''} (at most 2 when the warm-up took over {meta['slow_s']:.0f} s) after "
+        f"Median of {meta['repeats']} run{'s' if meta['repeats'] != 1 else ''} "
+        f"(at most 2 when the warm-up took over {meta['slow_s']:.0f} s) after "
         "one warm-up, each setting in a fresh process. extra MB = peak resident memory growth over the built "
         "model. train = forward + backward of mean(hidden states), train mode, dropout 0.1 "
         "(attention and activation dropout 0).",
@@ -691,7 +692,7 @@ def markdown_results(rows, mode: str) -> list[str]:
                     fmt(row.get("tokens_per_s"), "{:.0f}") if ok else "",
                     fmt(row.get("extra_mb"), "{:.0f}") if ok else "",
                     fmt(row.get("floor_fraction"), "{:.0%}") if ok else "",
-                    row.get("note", ""),
+                    row.get("note", "").replace("|", "\\|"),
                 ]
             )
             + " |"
@@ -737,7 +738,8 @@ def markdown_original(original: dict | None, comparison, size_name: str) -> list
         "",
     ]
     if size_name != "base":
-        return lines + [f"No comparison: this run used model size `{size_name}`, the original's figures are at base size.", ""]
+        note = f"No comparison: this run used model size `{size_name}`, the original's figures are at base size."
+        return lines + [note, ""]
     if not comparison:
         return lines + ["No setting was measured by both.", ""]
     lines += [
@@ -843,9 +845,9 @@ def write_plot(results: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def parse_list(text: str, kind=str) -> list:
+def parse_list(text: str) -> list[str]:
     """Comma-separated values."""
-    return [kind(part.strip().replace("_", "")) if kind is int else part.strip() for part in text.split(",") if part.strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def default_max_mem_gb() -> float:
@@ -885,8 +887,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="base", help="encoder size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke grid: tiny model, 1024 tokens, lsg_norm/lsg_bf16/bart_sdpa in inference and lsg_norm "
-                        "in training, 1 run")
+                        help="smoke grid: tiny model, 1024 tokens, lsg_norm/lsg_bf16/bart_sdpa in inference and "
+                        "lsg_norm in training, 1 run")
     parser.add_argument("--from-json", default=None, help="only rewrite the markdown and plot from a results.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -894,7 +896,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.size, args.repeats = "tiny", 1
         if args.lengths == parser.get_default("lengths"):
             args.lengths = "1024"
-    args.lengths = parse_list(args.lengths, int)
+    try:
+        args.lengths = [int(length) for length in parse_list(args.lengths)]
+    except ValueError:
+        parser.error(f"--lengths must be comma-separated integers, got {args.lengths!r}")
     args.modes = parse_list(args.modes)
     if not set(args.modes) <= set(MODES):
         parser.error(f"--modes must be among {', '.join(MODES)}")

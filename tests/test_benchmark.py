@@ -117,7 +117,8 @@ def test_default_grid_and_memory_skips():
 def test_original_figures_and_comparison():
     original = bench.load_original(str(ORIGINAL))
     first = original["rows"][0]
-    assert (first["setting"], first["mode"], first["length"], first["median_s"]) == ("norm b128 s128 f2", "infer", 1024, 0.62)
+    assert (first["setting"], first["mode"], first["length"]) == ("norm b128 s128 f2", "infer", 1024)
+    assert first["median_s"] == 0.62 and first["extra_mb"] == 88
     assert round(first["floor_fraction"], 2) == 0.77  # as in the anchors: 0.48 s floor / 0.62 s
     ours = [
         {**first, "key": "lsg_norm", "impl": "lsg", "source": "this run", "median_s": 0.31, "extra_mb": 44},
