@@ -12,6 +12,7 @@ keys (..., d) and masks (..., 1) alike.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import (
@@ -271,11 +272,21 @@ class LSGSelfAttention(BartAttention):
 
     def lsg_attention(self, query, key, value, visible, dropout, use_sdpa):
         """Global rows attend to everything; each block of the rest to global + sparse window + local window."""
+        G = self.num_global_tokens
+        global_out = attend(query[:, :, :G], key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, G, d)
+        if use_sdpa and torch.is_grad_enabled():
+            # Training: the key sets of the blocks are ~5x the size of the keys. Rebuilding them in the backward
+            # pass instead of keeping them saves most of the attention's memory for a small share of its time.
+            block_out = checkpoint(self.block_attention, query, key, value, visible, dropout, use_reentrant=False)
+        else:
+            block_out = self.block_attention(query, key, value, visible, dropout, use_sdpa)
+        return torch.cat([global_out, block_out], dim=2)  # (n, h, T, d)
+
+    def block_attention(self, query, key, value, visible, dropout, use_sdpa=True):
+        """The rows after the global tokens, block by block: (n, h, T, d) inputs -> (n, h, T - G, d)."""
         n, h, T, d = query.shape
         G, bs = self.num_global_tokens, self.block_size
         nb = (T - G) // bs
-
-        global_out = attend(query[:, :, :G], key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, G, d)
 
         rest = (key[:, :, G:], value[:, :, G:], visible[:, :, G:])  # (n, h|1, t, d|1)
         # Key sets as (key, value, visible) triples of shape (n, h|1, nb, k, d|1), in the spec's order:
@@ -293,7 +304,7 @@ class LSGSelfAttention(BartAttention):
         else:
             block_key, block_value, block_visible = batch_key_sets(context + [local], n, h)  # (n*h, nb, K, d)
             block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)
-        return torch.cat([global_out, block_out.view(n, h, nb * bs, d)], dim=2)  # (n, h, T, d)
+        return block_out.view(n, h, nb * bs, d)
 
     def select_sparse_tokens(self, keys, values, visible, first_query):
         """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector."""

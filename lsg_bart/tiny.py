@@ -32,6 +32,7 @@ def build_tokenizer(vocab_size=400, model_max_length=1024):
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator([sample_text(2000, seed) for seed in range(5)], trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
