@@ -76,7 +76,9 @@ def source_length(model, max_source_length=None):
     if max_source_length is None:
         return model_length
     if max_source_length > model_length:
-        logger.warning("--max_source_length=%d exceeds the model's length %d; using %d.", max_source_length, model_length, model_length)
+        logger.warning(
+            "--max_source_length=%d exceeds the model's length %d; using %d.", max_source_length, model_length, model_length
+        )
     return min(max_source_length, model_length)
 
 
@@ -130,7 +132,7 @@ def read_documents(files):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", stream=sys.stderr)
     documents = read_documents(args.files)
     model, tokenizer = load(args.model, args.device, DTYPES[args.dtype], args.trust_remote_code)
     results = summarize(
@@ -144,7 +146,8 @@ def main(argv=None):
     )
     truncated = [name for (name, _), result in zip(documents, results) if result["truncated"]]
     if truncated:
-        logger.info("%d document(s) truncated to %d tokens: %s", len(truncated), source_length(model, args.max_source_length), ", ".join(truncated))
+        length = source_length(model, args.max_source_length)
+        print(f"{len(truncated)} document(s) truncated to {length} tokens: {', '.join(truncated)}", file=sys.stderr)
 
     if args.output_dir is not None:
         os.makedirs(args.output_dir, exist_ok=True)
