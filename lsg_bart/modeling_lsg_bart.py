@@ -42,9 +42,20 @@ from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
 
 
 def local_windows(x, block_size):
-    """Each block with its left and right neighbour: (n, h, t, c) -> (n, h, nb, 3*bs, c); outside is 0/False."""
-    padded = F.pad(x, (0, 0, block_size, block_size))  # (n, h, t + 2*bs, c)
-    return padded.unfold(2, 3 * block_size, block_size).transpose(-1, -2)  # (n, h, nb, 3*bs, c)
+    """Each block with its left and right neighbour, as overlapping views.
+
+    x: (n, h, bs + t + bs, c), the t tokens with one block of margin on each side (the mask hides the margins,
+    so their content is never seen) -> (n, h, nb, 3*bs, c).
+    """
+    return x.unfold(2, 3 * block_size, block_size).transpose(-1, -2)
+
+
+def split_heads_with_margin(x, heads, before, after):
+    """(n, T, h*d) projections -> (n, h, before + T + after, d), with zeros in the margins."""
+    n, T, _ = x.shape
+    out = x.new_zeros(n, heads, before + T + after, x.shape[-1] // heads)
+    out[:, :, before : before + T] = x.view(n, T, heads, -1).transpose(1, 2)
+    return out
 
 
 def sparse_windows(x, tokens_per_block, sparse_block_size, num_blocks):
@@ -184,47 +195,103 @@ def attend(query, key, value, visible, dropout, use_sdpa):
     return probs @ value  # (..., q, d)
 
 
-def attend_in_two_parts(query, first, second):
-    """Attention over the union of two key sets: each set through PyTorch's fused CPU kernel, merged by log-sum-exp.
+class TwoPartAttention(torch.autograd.Function):
+    """Attention over the union of two key sets, each through PyTorch's fused CPU kernel, merged by log-sum-exp.
 
-    Lets the local windows stay overlapping views instead of copies. The kernel gives no gradient through its
-    log-sum-exp, so this serves inference only. Each part is (key, value, visible) as for `attend`.
+    The first set is the local window, an overlapping view of the keys that is never copied. The second set comes
+    as pieces (global tokens, sparse windows) joined here, and joined again in the backward pass instead of being
+    kept. The backward pass gives each set the merged output and log-sum-exp, so the kernel's own backward
+    computes the union's gradient restricted to that set's keys, as flash attention does across key blocks.
+
+    Inputs: query (B, nb, q, d); local keys and values (B, nb, k, d) and float mask (B|1, nb, 1, k); the float
+    mask of the other set (B|1, nb, 1, K), then its key pieces and its value pieces, each (B, nb, k_i, d).
     """
-    parts = []
-    for key, value, visible in (first, second):
-        bias = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
-        bias = bias.masked_fill(~visible, torch.finfo(query.dtype).min)  # the kernel wants a float mask
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, attn_mask=bias, scale=1.0
-        )[:2]
-        parts.append((out, lse.unsqueeze(-1)))  # (..., q, d), (..., q, 1)
-    (first_out, first_lse), (second_out, second_lse) = parts
-    lse = torch.logaddexp(first_lse, second_lse)
-    return (first_out * (first_lse - lse).exp() + second_out * (second_lse - lse).exp()).to(query.dtype)
+
+    @staticmethod
+    def forward(ctx, query, local_key, local_value, local_bias, context_bias, *context):
+        pieces = len(context) // 2
+        context_key, context_value = torch.cat(context[:pieces], dim=2), torch.cat(context[pieces:], dim=2)
+        results = []
+        for key, value, bias in ((local_key, local_value, local_bias), (context_key, context_value, context_bias)):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, attn_mask=bias, scale=1.0
+            )[:2]
+            results.append((out, lse))  # (B, nb, q, d), (B, nb, q)
+        (local_out, local_lse), (context_out, context_lse) = results
+        lse = torch.logaddexp(local_lse, context_lse)
+        out = local_out * (local_lse - lse).exp().unsqueeze(-1) + context_out * (context_lse - lse).exp().unsqueeze(-1)
+        out = out.to(query.dtype)
+        ctx.save_for_backward(query, local_key, local_value, local_bias, context_bias, out, lse, *context)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, local_key, local_value, local_bias, context_bias, out, lse, *context = ctx.saved_tensors
+        pieces = len(context) // 2
+        context_key, context_value = torch.cat(context[:pieces], dim=2), torch.cat(context[pieces:], dim=2)
+        grad_out = grad_out.contiguous()
+        grads = [
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out, query, key, value, out, lse, 0.0, False, attn_mask=bias, scale=1.0
+            )
+            for key, value, bias in ((local_key, local_value, local_bias), (context_key, context_value, context_bias))
+        ]
+        (local_q, local_k, local_v), (context_q, context_k, context_v) = grads
+        sizes = [piece.shape[2] for piece in context[:pieces]]
+        return (
+            local_q + context_q,
+            local_k,
+            local_v,
+            None,
+            None,
+            *context_k.split(sizes, dim=2),
+            *context_v.split(sizes, dim=2),
+        )
+
+
+def attend_in_two_parts(query, local, context):
+    """`TwoPartAttention` of (n*h, nb, bs, d) block queries over the local window and the other key sets.
+
+    `local` is one (key, value, visible) part and `context` a list of them, as for `batch_key_sets`.
+    """
+    n_h = query.shape[0]
+    n = local[2].shape[0]
+    local_key, local_value, local_visible = flat_key_sets([local], n, n_h // n)
+    context_keys, context_values, context_visible = flat_key_sets(context, n, n_h // n)
+
+    def bias(visible):  # the kernel wants a float mask
+        zeros = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
+        return zeros.masked_fill(~visible, torch.finfo(query.dtype).min)
+
+    return TwoPartAttention.apply(
+        query, local_key[0], local_value[0], bias(local_visible), bias(context_visible), *context_keys, *context_values
+    )
 
 
 def can_attend_in_two_parts(query, dropout):
-    """Whether `attend_in_two_parts` applies: CPU inference without dropout, in a dtype the kernel masks safely."""
-    needs_grad = torch.is_grad_enabled() and query.requires_grad
-    return query.device.type == "cpu" and dropout == 0.0 and not needs_grad and query.dtype in (torch.float32, torch.bfloat16)
+    """Whether `attend_in_two_parts` applies: on CPU, without dropout, in a dtype the kernel masks safely."""
+    return query.device.type == "cpu" and dropout == 0.0 and query.dtype in (torch.float32, torch.bfloat16)
 
 
-def batch_key_sets(parts, n, h):
-    """Join (key, value, visible) parts of shape (n, h|1, nb, k, c) along k, with (n*h) as the kernel's batch.
+def flat_key_sets(parts, n, h):
+    """(key, value, visible) parts of shape (n, h|1, nb, k, c), with (n*h) as the kernel's batch.
 
-    Returns keys and values (n*h, nb, K, d) and visible (n*h, nb, 1, K). A single part stays a view.
+    Returns the lists of keys and of values, each (n*h, nb, k, d), and the joined visible mask (n*h, nb, 1, K).
     """
     keys, values, masks = zip(*parts)
-
-    def join(tensors):
-        tensors = [x.expand(n, h, -1, -1, -1) for x in tensors]
-        return (tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=3)).flatten(0, 1)  # (n*h, nb, K, c)
-
+    keys = [k.expand(n, h, -1, -1, -1).flatten(0, 1) for k in keys]  # (n*h, nb, k, d)
+    values = [v.expand(n, h, -1, -1, -1).flatten(0, 1) for v in values]
     masks = [m.squeeze(-1) for m in masks]  # (n, h|1, nb, k)
     mask_heads = max(m.shape[1] for m in masks)
     visible = torch.cat([m.expand(n, mask_heads, -1, -1) for m in masks], dim=3)  # (n, h|1, nb, K)
     visible = visible.expand(n, h, -1, -1).reshape(n * h, -1, 1, visible.shape[-1])  # (n*h, nb, 1, K)
-    return join(keys), join(values), visible
+    return keys, values, visible
+
+
+def batch_key_sets(parts, n, h):
+    """The parts joined along the keys: keys and values (n*h, nb, K, d), visible (n*h, nb, 1, K)."""
+    keys, values, visible = flat_key_sets(parts, n, h)
+    return torch.cat(keys, dim=2), torch.cat(values, dim=2), visible
 
 
 class LSGSelfAttention(BartAttention):
@@ -252,55 +319,70 @@ class LSGSelfAttention(BartAttention):
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         n, T, _ = hidden_states.shape
-        heads = (n, T, self.num_heads, self.head_dim)
-        query = (self.q_proj(hidden_states) * self.scaling).view(heads).transpose(1, 2)  # (n, h, T, d)
-        key = self.k_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
-        value = self.v_proj(hidden_states).view(heads).transpose(1, 2)  # (n, h, T, d)
+        h, d = self.num_heads, self.head_dim
+        G, bs = self.num_global_tokens, self.block_size
         if attention_mask is None:
             attention_mask = hidden_states.new_ones(n, T, dtype=torch.bool)
         visible = attention_mask.view(n, 1, T, 1)  # (n, 1, T, 1)
-
         use_sdpa = self.config._attn_implementation != "eager"
         dropout = self.dropout if self.training else 0.0
-        if T <= 2 * self.block_size + self.num_global_tokens:
+
+        query = (self.q_proj(hidden_states) * self.scaling).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+        if T <= 2 * bs + G:
+            key = self.k_proj(hidden_states).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+            value = self.v_proj(hidden_states).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
             out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, T, d)
         else:
-            out = self.lsg_attention(query, key, value, visible, dropout, use_sdpa)
+            # Keys and values get a block of margin around the non-global tokens, so that every local window
+            # is a view of them; the query is made contiguous once, so that its blocks are views too.
+            margin = max(bs - G, 0)
+            key = split_heads_with_margin(self.k_proj(hidden_states), h, margin, bs)  # (n, h, margin + T + bs, d)
+            value = split_heads_with_margin(self.v_proj(hidden_states), h, margin, bs)
+            out = self.lsg_attention(query.contiguous(), key, value, visible, margin, dropout, use_sdpa)
 
         out = out.transpose(1, 2).reshape(n, T, -1)  # (n, T, h*d)
         return self.out_proj(out), None
 
-    def lsg_attention(self, query, key, value, visible, dropout, use_sdpa):
-        """Global rows attend to everything; each block of the rest to global + sparse window + local window."""
-        G = self.num_global_tokens
-        global_out = attend(query[:, :, :G], key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, G, d)
-        if use_sdpa and torch.is_grad_enabled():
-            # Training: the key sets of the blocks are ~5x the size of the keys. Rebuilding them in the backward
-            # pass instead of keeping them saves most of the attention's memory for a small share of its time.
-            block_out = checkpoint(self.block_attention, query, key, value, visible, dropout, use_reentrant=False)
+    def lsg_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
+        """Global rows attend to everything; each block of the rest to global + sparse window + local window.
+
+        query (n, h, T, d); key and value (n, h, margin + T + bs, d), the T tokens starting at `margin`.
+        """
+        G, T = self.num_global_tokens, query.shape[2]
+        all_keys, all_values = key[:, :, margin : margin + T], value[:, :, margin : margin + T]  # (n, h, T, d)
+        global_out = attend(query[:, :, :G], all_keys, all_values, visible.transpose(-1, -2), dropout, use_sdpa)
+        if use_sdpa and torch.is_grad_enabled() and not can_attend_in_two_parts(query, dropout):
+            # Training with the joined key sets, ~5x the size of the keys: rebuilding them in the backward pass
+            # instead of keeping them saves most of the attention's memory for a small share of its time.
+            block_out = checkpoint(
+                self.block_attention, query, key, value, visible, margin, dropout, use_sdpa, use_reentrant=False
+            )
         else:
-            block_out = self.block_attention(query, key, value, visible, dropout, use_sdpa)
+            block_out = self.block_attention(query, key, value, visible, margin, dropout, use_sdpa)
         return torch.cat([global_out, block_out], dim=2)  # (n, h, T, d)
 
-    def block_attention(self, query, key, value, visible, dropout, use_sdpa=True):
-        """The rows after the global tokens, block by block: (n, h, T, d) inputs -> (n, h, T - G, d)."""
+    def block_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
+        """The rows after the global tokens, block by block -> (n, h, T - G, d); arguments as `lsg_attention`."""
         n, h, T, d = query.shape
         G, bs = self.num_global_tokens, self.block_size
         nb = (T - G) // bs
+        start = margin + G  # where the non-global tokens begin in `key` and `value`
 
-        rest = (key[:, :, G:], value[:, :, G:], visible[:, :, G:])  # (n, h|1, t, d|1)
+        rest = (key[:, :, start : start + T - G], value[:, :, start : start + T - G], visible[:, :, G:])  # (n, h|1, t, d|1)
         # Key sets as (key, value, visible) triples of shape (n, h|1, nb, k, d|1), in the spec's order:
         # global tokens, the sparse window before and after the block, then the local window.
-        context = [tuple(x[:, :, :G].unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in (key, value, visible))]
+        global_kv = (key[:, :, margin:start], value[:, :, margin:start], visible[:, :, :G])
+        context = [tuple(x.unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in global_kv)]
         if self.sparse_block_size > 0 and self.sparsity_type != "none":
             sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1])
             windows = [sparse_windows(x, bs // self.sparsity_factor, self.sparse_block_size, nb) for x in sparse]
             context += list(zip(*windows))
-        local = tuple(local_windows(x, bs) for x in rest)  # overlapping views (n, h|1, nb, 3*bs, d|1)
+        with_margins = (key[:, :, start - bs :], value[:, :, start - bs :], F.pad(rest[2], (0, 0, bs, bs)))
+        local = tuple(local_windows(x, bs) for x in with_margins)  # overlapping views (n, h|1, nb, 3*bs, d|1)
 
-        block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d)
+        block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d), a view
         if use_sdpa and can_attend_in_two_parts(block_query, dropout):
-            block_out = attend_in_two_parts(block_query, batch_key_sets(context, n, h), batch_key_sets([local], n, h))
+            block_out = attend_in_two_parts(block_query, local, context)
         else:
             block_key, block_value, block_visible = batch_key_sets(context + [local], n, h)  # (n*h, nb, K, d)
             block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import padded_batch, tiny_config
 
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
@@ -9,6 +10,7 @@ from lsg_bart.modeling_lsg_bart import (
     LSGSelfAttention,
     attend,
     attend_in_two_parts,
+    batch_key_sets,
     select_by_block_stride,
     select_by_norm,
     select_by_pooling,
@@ -142,8 +144,12 @@ def test_block_key_sets_follow_the_spec(sparsity_type, block_size, sparsity_fact
     query, key, value = (torch.randn(n, h, T, d, generator=generator) for _ in range(3))
     visible = torch.ones(n, 1, T, 1, dtype=torch.bool)
     visible[1, :, T - block_size - 3 :] = False
+    margin = max(block_size - 2, 0)  # the layout the layer gives keys and values: a block of margin around the rest
+    key_with_margin, value_with_margin = (F.pad(x, (0, 0, margin, block_size)) for x in (key, value))
     with torch.no_grad():
-        ours = attn.lsg_attention(query, key, value, visible, 0.0, attn_implementation == "sdpa")
+        ours = attn.lsg_attention(
+            query, key_with_margin, value_with_margin, visible, margin, 0.0, attn_implementation == "sdpa"
+        )
     torch.testing.assert_close(ours, literal_lsg(attn, query, key, value, visible), atol=1e-5, rtol=1e-5)
 
 
@@ -187,27 +193,38 @@ def test_fast_inference_path_matches_reference(sparsity_type):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_two_part_attention_equals_attention_over_the_union(dtype):
+    n, h, nb, q, d = 2, 3, 4, 8, 16
     generator = torch.Generator().manual_seed(0)
-    query = torch.randn(3, 5, 8, 16, generator=generator).to(dtype)
-    first = [torch.randn(3, 5, 6, 16, generator=generator).to(dtype) for _ in range(2)]
-    second = [torch.randn(3, 5, 24, 16, generator=generator).to(dtype) for _ in range(2)]
-    first_visible = torch.rand(3, 5, 1, 6, generator=generator) > 0.3
-    first_visible[..., 0] = True
-    second_visible = torch.rand(3, 5, 1, 24, generator=generator) > 0.3
-    second_visible[0, 0] = False  # a block whose second set is entirely masked
-    with torch.no_grad():
-        split = attend_in_two_parts(query, (*first, first_visible), (*second, second_visible))
-        union = attend(  # the straightforward path, in float32 on the same inputs
-            query.float(),
-            torch.cat([first[0], second[0]], dim=2).float(),
-            torch.cat([first[1], second[1]], dim=2).float(),
-            torch.cat([first_visible, second_visible], dim=-1),
-            0.0,
-            False,
-        )
-    assert split.dtype == dtype
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(split.float(), union, atol=tolerance, rtol=tolerance)
+
+    def part(keys, heads, per_head_mask):
+        key, value = (torch.randn(n, heads, nb, keys, d, generator=generator).to(dtype) for _ in range(2))
+        visible = torch.rand(n, h if per_head_mask else 1, nb, keys, 1, generator=generator) > 0.3
+        return key, value, visible
+
+    local = part(24, h, False)
+    local[2][0, :, 1] = False  # a block whose local window is entirely masked
+    context = [part(1, 1, False), part(5, h, True), part(5, h, True)]
+    context[0][2][:] = True  # the global token is always visible
+    query = torch.randn(n * h, nb, q, d, generator=generator).to(dtype)
+
+    def run(split):
+        leaves = [query, *[x for p in [local, *context] for x in p[:2]]]
+        leaves = [x.detach().float().requires_grad_() if not split else x.detach().requires_grad_() for x in leaves]
+        qq, lk, lv, *rest = leaves
+        parts = [(lk, lv, local[2])] + [(rest[2 * i], rest[2 * i + 1], c[2]) for i, c in enumerate(context)]
+        if split:
+            out = attend_in_two_parts(qq, parts[0], parts[1:])
+        else:  # the straightforward path over the joined key set, in float32 on the same inputs
+            key, value, visible = batch_key_sets(parts[1:] + parts[:1], n, h)
+            out = attend(qq, key, value, visible, 0.0, False)
+        out.float().pow(2).sum().backward()
+        return out.float(), [x.grad.float() for x in leaves]
+
+    (split_out, split_grads), (union_out, union_grads) = run(True), run(False)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(split_out, union_out, atol=tolerance, rtol=tolerance)
+    for split_grad, union_grad in zip(split_grads, union_grads):
+        torch.testing.assert_close(split_grad, union_grad, atol=tolerance * 10, rtol=tolerance * 10)
 
 
 def test_lsh_seed_makes_outputs_reproducible():
