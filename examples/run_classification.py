@@ -177,6 +177,19 @@ def classification_metrics(predictions, labels, num_labels):
     }
 
 
+def mean_loss_per_batch(model):
+    """Tell the Trainer that the model's loss is a mean over its own batch.
+
+    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward` takes
+    `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of the whole
+    step. It then multiplies the loss by the number of processes (DDP) and skips the division by
+    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that declare
+    `accepts_loss_kwargs` themselves are left alone.
+    """
+    if not hasattr(model, "accepts_loss_kwargs"):
+        model.accepts_loss_kwargs = False
+
+
 def main(argv=None, callbacks=None):
     """Run the example with command-line arguments `argv` (default: `sys.argv[1:]`) and extra `TrainerCallback`s.
 
@@ -233,6 +246,7 @@ def main(argv=None, callbacks=None):
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True, **common
     )
+    mean_loss_per_batch(model)
 
     max_seq_length = data_args.max_seq_length or min(tokenizer.model_max_length, config.max_position_embeddings)
     if max_seq_length > config.max_position_embeddings:

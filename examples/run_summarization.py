@@ -252,6 +252,19 @@ def build_compute_metrics(tokenizer):
     return compute_metrics
 
 
+def mean_loss_per_batch(model):
+    """Tell the Trainer that the model's loss is a mean over its own batch.
+
+    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward` takes
+    `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of the whole
+    step. It then multiplies the loss by the number of processes (DDP) and skips the division by
+    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that declare
+    `accepts_loss_kwargs` themselves are left alone.
+    """
+    if not hasattr(model, "accepts_loss_kwargs"):
+        model.accepts_loss_kwargs = False
+
+
 def main(argv=None, callbacks=None):
     """Run the example with command-line arguments `argv` (default: `sys.argv[1:]`) and extra `TrainerCallback`s.
 
@@ -280,6 +293,7 @@ def main(argv=None, callbacks=None):
     config, tokenizer, model = load_model_and_tokenizer(model_args, AutoModelForSeq2SeqLM)
     if model.config.decoder_start_token_id is None:
         raise ValueError("The model's config needs a decoder_start_token_id.")
+    mean_loss_per_batch(model)
     max_source_length = source_length(data_args, tokenizer, config)
 
     if training_args.do_train:

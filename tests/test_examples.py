@@ -255,6 +255,35 @@ def test_summarization_rejects_unknown_columns_and_clamps_source_length(checkpoi
     assert run_summarization.source_length(data_args, tokenizer, config) == 4096
 
 
+def test_gradient_accumulation_logs_the_mean_loss(checkpoint, summarization_data, tmp_path):
+    """With 2 accumulated micro-batches the logged loss is their mean, not their sum (see mean_loss_per_batch)."""
+    argv = [
+        "--model_name_or_path", str(checkpoint),
+        "--train_file", summarization_data["train"],
+        "--max_source_length", "256", "--max_target_length", "16",
+        "--do_train", "--gradient_accumulation_steps", "2", "--logging_steps", "1",
+    ] + common_args(tmp_path, max_steps=1)  # fmt: skip
+    trainer = run_summarization.main(argv)
+    assert trainer.model.accepts_loss_kwargs is False
+    [logged] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    # The untrained model's mean loss over the training documents: a random model's loss barely varies between them.
+    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    rows = [json.loads(line) for line in open(summarization_data["train"], encoding="utf-8")]
+    with torch.no_grad():
+        losses = [
+            model(
+                **tokenizer(row["article"], truncation=True, max_length=256, return_tensors="pt"),
+                labels=tokenizer(text_target=row["abstract"], max_length=16, truncation=True, return_tensors="pt")[
+                    "input_ids"
+                ],
+            ).loss.item()
+            for row in rows
+        ]
+    assert logged == pytest.approx(sum(losses) / len(losses), rel=0.05)
+
+
 @pytest.mark.parametrize("example", ["summarization", "classification"])
 def test_gradient_checkpointing_and_bf16(example, checkpoint, summarization_data, classification_data, tmp_path):
     """--gradient_checkpointing recomputes the layers in the backward pass; --bf16 runs the steps in bfloat16."""

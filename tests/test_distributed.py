@@ -1,0 +1,188 @@
+"""Distributed fine-tuning: the summarisation example under `torchrun` and `accelerate launch`, 2 CPU processes (DDP, gloo).
+
+Each launcher starts a small driver written by the test. The driver runs the example's own `main()` with the command
+line it was given (exactly what `python examples/run_summarization.py ...` runs), then reports what each process
+ends with: a digest of its weights, a digest of the first batch its data loader gives it, its loss on that batch,
+and whether the folder written by process 0 holds its weights. Identical weights after steps on different batches
+show that the gradients were averaged across the processes.
+"""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
+from lsg_bart.tiny import build_tokenizer, sample_text
+
+from conftest import REPO
+
+EXAMPLE = REPO / "examples" / "run_summarization.py"
+
+DRIVER = '''
+import hashlib, importlib.util, json, math, os, sys
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+spec = importlib.util.spec_from_file_location("run_summarization", {example!r})
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+
+trainer = example.main(sys.argv[1:])
+trainer.accelerator.wait_for_everyone()  # process 0 has written the output folder
+
+model = trainer.accelerator.unwrap_model(trainer.model)
+state = {{name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}}
+digest = hashlib.sha256()
+for name in sorted(state):
+    digest.update(name.encode())
+    digest.update(state[name].float().numpy().tobytes())
+
+batch = next(iter(trainer.get_train_dataloader()))
+model.eval()
+with torch.no_grad():
+    local_loss = model(**{{key: value.to(model.device) for key, value in batch.items()}}).loss.item()
+
+# The untrained model's loss on the first batch of each process: what the first logged loss averages.
+from transformers import AutoModelForSeq2SeqLM
+
+model_path = sys.argv[sys.argv.index("--model_name_or_path") + 1]
+initial_model = AutoModelForSeq2SeqLM.from_pretrained(model_path, trust_remote_code=True).eval()
+with torch.no_grad():
+    initial_loss = initial_model(**batch).loss.item()
+initial_losses = [None] * dist.get_world_size()
+dist.all_gather_object(initial_losses, initial_loss)
+
+args = trainer.args
+saved = load_file(os.path.join(args.output_dir, "model.safetensors"))
+initial = load_file(os.path.join(model_path, "model.safetensors"))
+report = {{
+    "rank": args.process_index,
+    "world_size": dist.get_world_size(),
+    "backend": dist.get_backend(),
+    "weights": digest.hexdigest(),
+    "batch": hashlib.sha256(batch["input_ids"].numpy().tobytes()).hexdigest(),
+    "local_loss": local_loss,
+    "initial_losses": initial_losses,
+    "logged_losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+    "steps": trainer.state.global_step,
+    "matches_saved_folder": all(torch.equal(state[name], saved[name]) for name in saved),
+    "changed_by_training": any(not torch.equal(state[name], initial[name]) for name in initial if name in state),
+}}
+with open(os.path.join(os.environ["LSG_TEST_REPORT_DIR"], f"rank{{args.process_index}}.json"), "w") as f:
+    json.dump(report, f)
+'''
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny LSG-BART checkpoint with its tokenizer, saved like a converted one."""
+    path = tmp_path_factory.mktemp("tiny-lsg-bart")
+    tokenizer = build_tokenizer(model_max_length=4096)
+    config = LSGBartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=4096,
+        block_size=32,
+        sparse_block_size=32,
+        sparsity_factor=2,
+        num_global_tokens=1,
+    )
+    torch.manual_seed(0)
+    LSGBartForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [{"article": sample_text(150 + 10 * seed, seed), "abstract": sample_text(10, 500 + seed)} for seed in range(16)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+LAUNCHERS = {
+    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_addr", "127.0.0.1", "--master_port", str(port)],
+    # accelerate's own `--cpu` launches a single process (or needs MPI); its multi-process launcher with the
+    # example's --use_cpu runs DDP over gloo on CPU.
+    "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+                                "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_end_with_identical_weights(launcher, checkpoint, train_file, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(example=str(EXAMPLE)), encoding="utf-8")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    output_dir = tmp_path / "out"
+    example_args = [
+        "--model_name_or_path", str(checkpoint),
+        "--train_file", str(train_file),
+        "--max_source_length", "256",
+        "--max_target_length", "16",
+        "--do_train",
+        "--max_steps", "3",
+        "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-3",
+        "--logging_steps", "1",
+        "--use_cpu",
+        "--ddp_backend", "gloo",
+        "--ddp_find_unused_parameters", "false",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    env = dict(os.environ, LSG_TEST_REPORT_DIR=str(reports), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config file from the user's home; own modules cache
+    command = LAUNCHERS[launcher](free_port()) + [str(driver)] + example_args
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+    ranks = [json.loads((reports / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, report in enumerate(ranks):
+        assert report["rank"] == rank and report["world_size"] == 2 and report["backend"] == "gloo"
+        assert report["steps"] == 3
+        assert len(report["logged_losses"]) == 3 and all(math.isfinite(loss) for loss in report["logged_losses"])
+        assert math.isfinite(report["local_loss"])
+        assert report["changed_by_training"]
+        assert report["matches_saved_folder"]
+    # Different data on each process, yet the same weights at the end: the gradients were synchronised.
+    assert ranks[0]["batch"] != ranks[1]["batch"]
+    assert ranks[0]["local_loss"] != ranks[1]["local_loss"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    # The first logged loss is the mean of the processes' losses (not their sum, see mean_loss_per_batch).
+    for report in ranks:
+        expected = sum(report["initial_losses"]) / 2
+        assert report["logged_losses"][0] == pytest.approx(expected, rel=0.05)
+
+    # Process 0 wrote a self-contained remote-code folder.
+    for name in ("configuration_lsg_bart.py", "modeling_lsg_bart.py", "tokenizer.json", "model.safetensors"):
+        assert (output_dir / name).is_file(), name
+    assert "AutoModelForSeq2SeqLM" in json.loads((output_dir / "config.json").read_text())["auto_map"]
+    assert all(torch.isfinite(tensor).all() for tensor in load_file(output_dir / "model.safetensors").values())
