@@ -53,8 +53,10 @@ def local_windows(x, block_size):
 def split_heads_with_margin(x, heads, before, after):
     """(n, T, h*d) projections -> (n, h, before + T + after, d), with zeros in the margins."""
     n, T, _ = x.shape
-    out = x.new_zeros(n, heads, before + T + after, x.shape[-1] // heads)
+    out = x.new_empty(n, heads, before + T + after, x.shape[-1] // heads)
+    out[:, :, :before] = 0
     out[:, :, before : before + T] = x.view(n, T, heads, -1).transpose(1, 2)
+    out[:, :, before + T :] = 0
     return out
 
 
@@ -218,9 +220,10 @@ class TwoPartAttention(torch.autograd.Function):
             )[:2]
             results.append((out, lse))  # (B, nb, q, d), (B, nb, q)
         (local_out, local_lse), (context_out, context_lse) = results
-        lse = torch.logaddexp(local_lse, context_lse)
-        out = local_out * (local_lse - lse).exp().unsqueeze(-1) + context_out * (context_lse - lse).exp().unsqueeze(-1)
-        out = out.to(query.dtype)
+        lse = torch.logaddexp(local_lse, context_lse)  # (B, nb, q)
+        # The local part's share of the softmax mass, exp(local_lse - lse), is this sigmoid.
+        local_share = torch.sigmoid(local_lse - context_lse).unsqueeze(-1).to(query.dtype)  # (B, nb, q, 1)
+        out = torch.lerp(context_out, local_out, local_share)  # (B, nb, q, d)
         ctx.save_for_backward(query, local_key, local_value, local_bias, context_bias, out, lse, *context)
         return out
 
@@ -331,22 +334,22 @@ class LSGSelfAttention(BartAttention):
         if T <= 2 * bs + G:
             key = self.k_proj(hidden_states).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
             value = self.v_proj(hidden_states).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
-            out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa)  # (n, h, T, d)
+            out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa).transpose(1, 2)
         else:
             # Keys and values get a block of margin around the non-global tokens, so that every local window
             # is a view of them; the query is made contiguous once, so that its blocks are views too.
             margin = max(bs - G, 0)
             key = split_heads_with_margin(self.k_proj(hidden_states), h, margin, bs)  # (n, h, margin + T + bs, d)
             value = split_heads_with_margin(self.v_proj(hidden_states), h, margin, bs)
-            out = self.lsg_attention(query.contiguous(), key, value, visible, margin, dropout, use_sdpa)
+            out = self.lsg_attention(query.contiguous(), key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
 
-        out = out.transpose(1, 2).reshape(n, T, -1)  # (n, T, h*d)
-        return self.out_proj(out), None
+        return self.out_proj(out.reshape(n, T, h * d)), None
 
     def lsg_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
         """Global rows attend to everything; each block of the rest to global + sparse window + local window.
 
         query (n, h, T, d); key and value (n, h, margin + T + bs, d), the T tokens starting at `margin`.
+        Returns (n, T, h, d).
         """
         G, T = self.num_global_tokens, query.shape[2]
         all_keys, all_values = key[:, :, margin : margin + T], value[:, :, margin : margin + T]  # (n, h, T, d)
@@ -359,7 +362,7 @@ class LSGSelfAttention(BartAttention):
             )
         else:
             block_out = self.block_attention(query, key, value, visible, margin, dropout, use_sdpa)
-        return torch.cat([global_out, block_out], dim=2)  # (n, h, T, d)
+        return torch.cat([global_out.transpose(1, 2), block_out.transpose(1, 2)], dim=1)  # (n, T, h, d)
 
     def block_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
         """The rows after the global tokens, block by block -> (n, h, T - G, d); arguments as `lsg_attention`."""
