@@ -284,6 +284,7 @@ def test_gradient_accumulation_logs_the_mean_loss(checkpoint, summarization_data
     assert logged == pytest.approx(sum(losses) / len(losses), rel=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 @pytest.mark.parametrize("example", ["summarization", "classification"])
 def test_gradient_checkpointing_and_bf16(example, checkpoint, summarization_data, classification_data, tmp_path):
     """--gradient_checkpointing recomputes the layers in the backward pass; --bf16 runs the steps in bfloat16."""
