@@ -330,17 +330,21 @@ class LSGSelfAttention(BartAttention):
         use_sdpa = self.config._attn_implementation != "eager"
         dropout = self.dropout if self.training else 0.0
 
-        query = (self.q_proj(hidden_states) * self.scaling).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+        # One matrix product for the three projections is faster than three.
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3*h*d, h*d)
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        query, key, value = F.linear(hidden_states, weight, bias).split(h * d, dim=-1)  # 3 x (n, T, h*d)
+        query = (query * self.scaling).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
         if T <= 2 * bs + G:
-            key = self.k_proj(hidden_states).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
-            value = self.v_proj(hidden_states).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+            key = key.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+            value = value.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
             out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa).transpose(1, 2)
         else:
             # Keys and values get a block of margin around the non-global tokens, so that every local window
             # is a view of them; the query is made contiguous once, so that its blocks are views too.
             margin = max(bs - G, 0)
-            key = split_heads_with_margin(self.k_proj(hidden_states), h, margin, bs)  # (n, h, margin + T + bs, d)
-            value = split_heads_with_margin(self.v_proj(hidden_states), h, margin, bs)
+            key = split_heads_with_margin(key, h, margin, bs)  # (n, h, margin + T + bs, d)
+            value = split_heads_with_margin(value, h, margin, bs)
             out = self.lsg_attention(query.contiguous(), key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
 
         return self.out_proj(out.reshape(n, T, h * d)), None
