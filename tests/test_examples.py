@@ -159,7 +159,7 @@ def test_rouge_scores_from_rouge_score_package():
 
 
 def test_summarization_compute_metrics_ignores_label_padding(checkpoint):
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     compute_metrics = run_summarization.build_compute_metrics(tokenizer)
     ids = tokenizer(["long documents and short summaries"])["input_ids"][0]
     predictions = torch.tensor([ids + [tokenizer.pad_token_id] * 3]).numpy()
@@ -211,7 +211,10 @@ def test_summarization_trains_evaluates_predicts_and_saves_remote_code_folder(ch
     assert state_digest(reloaded.state_dict()) == pytest.approx(trained)
     initial = state_digest(load_file(checkpoint / "model.safetensors"))
     assert any(initial[name] != pytest.approx(value) for name, value in trained.items() if name in initial)
-    assert AutoTokenizer.from_pretrained(output_dir).get_vocab() == AutoTokenizer.from_pretrained(checkpoint).get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True).get_vocab()
+        == AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True).get_vocab()
+    )
 
 
 def test_summarization_reads_csv_and_evaluates_without_training(checkpoint, tmp_path):
@@ -251,7 +254,7 @@ def test_summarization_rejects_unknown_columns_and_clamps_source_length(checkpoi
         ["--model_name_or_path", "x", "--train_file", "a.jsonl", "--output_dir", "o", "--max_source_length", "9999"]
     )
     config = LSGBartConfig(max_position_embeddings=4096)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     assert run_summarization.source_length(data_args, tokenizer, config) == 4096
 
 
@@ -269,7 +272,7 @@ def test_gradient_accumulation_logs_the_mean_loss(checkpoint, summarization_data
 
     # The untrained model's mean loss over the training documents: a random model's loss barely varies between them.
     model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     rows = [json.loads(line) for line in open(summarization_data["train"], encoding="utf-8")]
     with torch.no_grad():
         losses = [
@@ -413,7 +416,7 @@ def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(checkpo
 
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [line["file"] for line in lines] == paths
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     for line, text in zip(lines, documents.values()):
         full = len(tokenizer(text, verbose=False)["input_ids"])
         assert line["truncated"] == (full > 256)
@@ -453,7 +456,7 @@ def test_summarization_pipeline_with_a_saved_checkpoint(checkpoint):
     summarizer = hf_pipeline("summarization", model=str(checkpoint), trust_remote_code=True)
     long_document = sample_text(5000, 5)  # longer than the model: truncated
     [result] = summarizer(long_document, num_beams=2, max_new_tokens=6)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
     inputs = tokenizer(long_document, truncation=True, max_length=4096, return_tensors="pt")
     expected = model.generate(**inputs, num_beams=2, max_new_tokens=6)
