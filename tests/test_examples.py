@@ -8,8 +8,10 @@ import importlib.util
 import json
 import math
 
+import datasets
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from transformers import pipeline as hf_pipeline
@@ -37,12 +39,17 @@ summarize = load_example("summarize")
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the 2 CPU cores are shared."""
+def one_thread_and_logging_restored():
+    """Tiny models run fastest on one thread (and the CPU cores are shared); the examples set up logging as
+    command-line programs do, which is put back afterwards for the other tests."""
     threads = torch.get_num_threads()
+    verbosities = (transformers.logging.get_verbosity(), datasets.logging.get_verbosity())
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    transformers.logging.set_verbosity(verbosities[0])
+    transformers.logging.reset_format()
+    datasets.logging.set_verbosity(verbosities[1])
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +244,27 @@ def test_summarization_reads_csv_and_evaluates_without_training(checkpoint, tmp_
     metrics = json.loads((output_dir / "eval_results.json").read_text())
     assert metrics["eval_samples"] == 3
     assert {"eval_rouge1", "eval_rougeLsum", "eval_loss"} <= metrics.keys()
+
+
+def test_summarization_reads_a_dataset_by_name(checkpoint, summarization_data, tmp_path):
+    """--dataset_name goes through datasets.load_dataset: here a local folder of JSON lines files (no network)."""
+    import shutil
+
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    shutil.copy(summarization_data["validation"], folder / "validation.jsonl")
+    shutil.copy(summarization_data["test"], folder / "test.jsonl")
+    output_dir = tmp_path / "out"
+    argv = [
+        "--model_name_or_path", str(checkpoint),
+        "--dataset_name", str(folder),
+        "--do_eval", "--do_predict", "--predict_with_generate",
+        "--generation_max_length", "6",
+    ] + common_args(output_dir)  # fmt: skip
+    run_summarization.main(argv)  # columns default to the first two: article, abstract
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_samples"] == 4 and results["predict_samples"] == 3
+    assert "eval_rouge1" in results and "predict_rougeLsum" in results
 
 
 def test_summarization_rejects_unknown_columns_and_clamps_source_length(checkpoint, summarization_data, tmp_path):
