@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)
 class ModelArguments:
     """Which checkpoint to fine-tune."""
 
-    model_name_or_path: str = field(metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."})
+    model_name_or_path: str = field(
+        metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."}
+    )
     config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache files downloaded from the Hub."})
@@ -59,7 +61,7 @@ class ModelArguments:
     )
     model_kwargs: str | None = field(
         default=None,
-        metadata={"help": 'JSON object of config overrides, e.g. \'{"classifier_dropout": 0.1}\'.'},
+        metadata={"help": "JSON object of config overrides, e.g. '{\"classifier_dropout\": 0.1}'."},
     )
 
 
@@ -89,7 +91,12 @@ class DataTrainingArguments:
     overwrite_cache: bool = field(default=False, metadata={"help": "Tokenise again instead of using the cache."})
 
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None and self.validation_file is None and self.test_file is None:
+        if (
+            self.dataset_name is None
+            and self.train_file is None
+            and self.validation_file is None
+            and self.test_file is None
+        ):
             raise ValueError("Give --dataset_name or at least one of --train_file, --validation_file, --test_file.")
         for name in ("train_file", "validation_file", "test_file"):
             path = getattr(self, name)
@@ -180,11 +187,11 @@ def classification_metrics(predictions, labels, num_labels):
 def mean_loss_per_batch(model):
     """Tell the Trainer that the model's loss is a mean over its own batch.
 
-    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward` takes
-    `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of the whole
-    step. It then multiplies the loss by the number of processes (DDP) and skips the division by
-    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that declare
-    `accepts_loss_kwargs` themselves are left alone.
+    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward`
+    takes `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of
+    the whole step. It then multiplies the loss by the number of processes (DDP) and skips the division by
+    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that
+    declare `accepts_loss_kwargs` themselves are left alone.
     """
     if not hasattr(model, "accepts_loss_kwargs"):
         model.accepts_loss_kwargs = False
@@ -208,7 +215,11 @@ def main(argv=None, callbacks=None):
     logger.info("Training parameters %s", training_args)
 
     last_checkpoint = None
-    if training_args.do_train and os.path.isdir(training_args.output_dir) and training_args.resume_from_checkpoint is None:
+    if (
+        training_args.do_train
+        and os.path.isdir(training_args.output_dir)
+        and training_args.resume_from_checkpoint is None
+    ):
         last_checkpoint = get_last_checkpoint(training_args.output_dir)
         if last_checkpoint is not None:
             logger.info("Resuming from %s; give another --output_dir to start afresh.", last_checkpoint)

@@ -64,7 +64,9 @@ SUMMARIZATION_COLUMNS = {
 class ModelArguments:
     """Which checkpoint to fine-tune."""
 
-    model_name_or_path: str = field(metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."})
+    model_name_or_path: str = field(
+        metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."}
+    )
     config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache files downloaded from the Hub."})
@@ -115,7 +117,12 @@ class DataTrainingArguments:
     overwrite_cache: bool = field(default=False, metadata={"help": "Tokenise again instead of using the cache."})
 
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None and self.validation_file is None and self.test_file is None:
+        if (
+            self.dataset_name is None
+            and self.train_file is None
+            and self.validation_file is None
+            and self.test_file is None
+        ):
             raise ValueError("Give --dataset_name or at least one of --train_file, --validation_file, --test_file.")
         for name in ("train_file", "validation_file", "test_file"):
             path = getattr(self, name)
@@ -188,7 +195,9 @@ def load_model_and_tokenizer(model_args, auto_model_class, **config_kwargs):
     }
     if model_args.model_kwargs:
         config_kwargs.update(json.loads(model_args.model_kwargs))
-    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **common, **config_kwargs)
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path, **common, **config_kwargs
+    )
     if "lsg" not in type(config).__name__.lower() and "lsg" not in str(getattr(config, "auto_map", "")).lower():
         logger.warning(
             "%s is not an LSG checkpoint (config class %s): convert it first with lsg-bart-convert to get long-input "
@@ -255,11 +264,11 @@ def build_compute_metrics(tokenizer):
 def mean_loss_per_batch(model):
     """Tell the Trainer that the model's loss is a mean over its own batch.
 
-    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward` takes
-    `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of the whole
-    step. It then multiplies the loss by the number of processes (DDP) and skips the division by
-    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that declare
-    `accepts_loss_kwargs` themselves are left alone.
+    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward`
+    takes `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of
+    the whole step. It then multiplies the loss by the number of processes (DDP) and skips the division by
+    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that
+    declare `accepts_loss_kwargs` themselves are left alone.
     """
     if not hasattr(model, "accepts_loss_kwargs"):
         model.accepts_loss_kwargs = False
@@ -283,7 +292,11 @@ def main(argv=None, callbacks=None):
     logger.info("Training parameters %s", training_args)
 
     last_checkpoint = None
-    if training_args.do_train and os.path.isdir(training_args.output_dir) and training_args.resume_from_checkpoint is None:
+    if (
+        training_args.do_train
+        and os.path.isdir(training_args.output_dir)
+        and training_args.resume_from_checkpoint is None
+    ):
         last_checkpoint = get_last_checkpoint(training_args.output_dir)
         if last_checkpoint is not None:
             logger.info("Resuming from %s; give another --output_dir to start afresh.", last_checkpoint)
@@ -323,7 +336,10 @@ def main(argv=None, callbacks=None):
         inputs = [data_args.source_prefix + text for text, _ in pairs]
         model_inputs = tokenizer(inputs, max_length=max_source_length, padding=padding, truncation=True)
         labels = tokenizer(
-            text_target=[summary for _, summary in pairs], max_length=max_target_length, padding=padding, truncation=True
+            text_target=[summary for _, summary in pairs],
+            max_length=max_target_length,
+            padding=padding,
+            truncation=True,
         )["input_ids"]
         if padding == "max_length" and data_args.ignore_pad_token_for_loss:
             labels = [[(t if t != tokenizer.pad_token_id else -100) for t in label] for label in labels]
@@ -348,12 +364,18 @@ def main(argv=None, callbacks=None):
                 desc=f"Tokenising the {split} split",
             )
 
-    train_dataset = prepare("train", data_args.max_train_samples, data_args.max_target_length) if training_args.do_train else None
+    train_dataset = (
+        prepare("train", data_args.max_train_samples, data_args.max_target_length) if training_args.do_train else None
+    )
     eval_dataset = (
-        prepare("validation", data_args.max_eval_samples, data_args.val_max_target_length) if training_args.do_eval else None
+        prepare("validation", data_args.max_eval_samples, data_args.val_max_target_length)
+        if training_args.do_eval
+        else None
     )
     predict_dataset = (
-        prepare("test", data_args.max_predict_samples, data_args.val_max_target_length) if training_args.do_predict else None
+        prepare("test", data_args.max_predict_samples, data_args.val_max_target_length)
+        if training_args.do_predict
+        else None
     )
 
     data_collator = DataCollatorForSeq2Seq(

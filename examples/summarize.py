@@ -64,9 +64,7 @@ def load(model_name_or_path, device=None, dtype=torch.float32, trust_remote_code
     """The checkpoint's model (eval mode, on `device`) and tokenizer."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSeq2SeqLM.from_pretrained(
-        model_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer
 
 
@@ -77,7 +75,10 @@ def source_length(model, max_source_length=None):
         return model_length
     if max_source_length > model_length:
         logger.warning(
-            "--max_source_length=%d exceeds the model's length %d; using %d.", max_source_length, model_length, model_length
+            "--max_source_length=%d exceeds the model's length %d; using %d.",
+            max_source_length,
+            model_length,
+            model_length,
         )
     return min(max_source_length, model_length)
 
@@ -113,7 +114,11 @@ def summarize(texts, model, tokenizer, max_source_length=None, batch_size=1, pro
             kept = inputs["attention_mask"].sum(dim=1).tolist()
             for summary, full_length, kept_length in zip(summaries, full_lengths, kept):
                 results.append(
-                    {"summary": summary.strip(), "input_tokens": int(kept_length), "truncated": full_length > kept_length}
+                    {
+                        "summary": summary.strip(),
+                        "input_tokens": int(kept_length),
+                        "truncated": full_length > kept_length,
+                    }
                 )
             bar.update(len(batch))
     return results

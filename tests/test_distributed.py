@@ -1,4 +1,4 @@
-"""Distributed fine-tuning: the summarisation example under `torchrun` and `accelerate launch`, 2 CPU processes (DDP, gloo).
+"""Distributed fine-tuning: the summarisation example under `torchrun` and `accelerate launch` (DDP, gloo, 2 CPUs).
 
 Each launcher starts a small driver written by the test. The driver runs the example's own `main()` with the command
 line it was given (exactly what `python examples/run_summarization.py ...` runs), then reports what each process
@@ -25,7 +25,7 @@ from conftest import REPO
 
 EXAMPLE = REPO / "examples" / "run_summarization.py"
 
-DRIVER = '''
+DRIVER = """
 import hashlib, importlib.util, json, math, os, sys
 
 import torch
@@ -79,7 +79,7 @@ report = {{
 }}
 with open(os.path.join(os.environ["LSG_TEST_REPORT_DIR"], f"rank{{args.process_index}}.json"), "w") as f:
     json.dump(report, f)
-'''
+"""
 
 
 def free_port():
@@ -117,7 +117,9 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"article": sample_text(150 + 10 * seed, seed), "abstract": sample_text(10, 500 + seed)} for seed in range(16)]
+    rows = [
+        {"article": sample_text(150 + 10 * seed, seed), "abstract": sample_text(10, 500 + seed)} for seed in range(16)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
