@@ -6,6 +6,16 @@ from transformers import BartConfig
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
 MAX_GLOBAL_TOKENS = 512
 
+# transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one.
+CUSTOM_PIPELINES = {
+    "summarization": {
+        "impl": "modeling_lsg_bart.LSGBartSummarizationPipeline",
+        "pt": ["AutoModelForSeq2SeqLM"],
+        "tf": [],
+        "type": "text",
+    }
+}
+
 AUTO_MAP = {
     "AutoConfig": "configuration_lsg_bart.LSGBartConfig",
     "AutoModel": "modeling_lsg_bart.LSGBartModel",
@@ -80,6 +90,7 @@ class LSGBartConfig(BartConfig):
         kwargs.pop("base_model_prefix", None)
         kwargs.pop("model_type", None)
         self.auto_map = dict(AUTO_MAP)
+        self.custom_pipelines = dict(CUSTOM_PIPELINES)
         self._check_lsg_settings()
         super().__post_init__(**kwargs)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, Pipeline, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import (
     BartDecoder,
@@ -439,6 +439,8 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
     _supports_flex_attn = False
     _supports_sdpa = True
     _can_compile_fullgraph = False
+    # The heads average their loss over their own batch: Trainer must not rescale it (DDP, accumulation).
+    accepts_loss_kwargs = False
 
 
 class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
@@ -614,6 +616,58 @@ class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
     """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Pipeline: transformers 5 removed its "summarization" pipeline; LSG checkpoints declare this one in their config
+# (`custom_pipelines`), so `pipeline("summarization", model=path, trust_remote_code=True)` keeps working.
+# ---------------------------------------------------------------------------------------------------------------
+
+class LSGBartSummarizationPipeline(Pipeline):
+    """Summarise texts with an LSG-BART checkpoint: `[{"summary_text": ...}]` for each input text.
+
+    Inputs longer than the model (`max_position_embeddings`, or the tokenizer's `model_max_length` if smaller) are
+    truncated unless `truncation=False`. Generation arguments (`num_beams`, `max_new_tokens`, `length_penalty`, ...)
+    go to `generate()`, at construction or at call time.
+    """
+
+    _pipeline_calls_generate = True
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _default_generation_config = GenerationConfig(max_new_tokens=256)
+
+    def _sanitize_parameters(self, truncation=None, clean_up_tokenization_spaces=None, **generate_kwargs):
+        preprocess_params = {} if truncation is None else {"truncation": truncation}
+        postprocess_params = {}
+        if clean_up_tokenization_spaces is not None:
+            postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        return preprocess_params, generate_kwargs, postprocess_params
+
+    def __call__(self, inputs, **kwargs):
+        result = super().__call__(inputs, **kwargs)
+        if isinstance(inputs, list) and all(len(summaries) == 1 for summaries in result):
+            return [summaries[0] for summaries in result]
+        return result
+
+    def preprocess(self, text, truncation=True):
+        max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+        return self.tokenizer(text, truncation=truncation, max_length=max_length, return_tensors="pt")
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
+
+    def postprocess(self, model_outputs, clean_up_tokenization_spaces=False):
+        return [
+            {
+                "summary_text": self.tokenizer.decode(
+                    ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+                )
+            }
+            for ids in model_outputs["output_ids"]
+        ]
+
+
 LSGBartConfig.register_for_auto_class()
 LSGBartModel.register_for_auto_class("AutoModel")
 LSGBartForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
@@ -630,5 +684,6 @@ __all__ = [
     "LSGBartForSequenceClassification",
     "LSGBartModel",
     "LSGBartPreTrainedModel",
+    "LSGBartSummarizationPipeline",
     "LSGSelfAttention",
 ]

@@ -472,14 +472,6 @@ def test_summarize_reads_stdin_and_caps_length_at_the_model(checkpoint, monkeypa
     assert "truncated to 4096 tokens: <stdin>" in captured.err
 
 
-needs_pipeline = pytest.mark.xfail(
-    not hasattr(importlib.import_module("lsg_bart.modeling_lsg_bart"), "LSGBartSummarizationPipeline"),
-    reason="transformers 5 removed the summarization pipeline; LSG checkpoints must ship one (issue 4 report)",
-    strict=True,
-)
-
-
-@needs_pipeline
 def test_summarization_pipeline_with_a_saved_checkpoint(checkpoint):
     summarizer = hf_pipeline("summarization", model=str(checkpoint), trust_remote_code=True)
     long_document = sample_text(5000, 5)  # longer than the model: truncated
