@@ -19,46 +19,25 @@ The trained model is saved as a self-contained remote-code folder that loads bac
 Several processes: `torchrun --nproc_per_node 2 examples/run_classification.py ...` or `accelerate launch ...`.
 """
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
 import numpy as np
-import transformers
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, also when imported from a file path
+import common  # noqa: E402
+from common import BaseDataArguments, BaseModelArguments  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(BaseModelArguments):
     """Which checkpoint to fine-tune."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."}
-    )
-    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache files downloaded from the Hub."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
-    token: str | None = field(default=None, metadata={"help": "Hub token, for private checkpoints or datasets."})
-    trust_remote_code: bool = field(
-        default=True,
-        metadata={"help": "Run the checkpoint's own modelling code (LSG checkpoints ship it; needed to load them)."},
-    )
     model_kwargs: str | None = field(
         default=None,
         metadata={"help": "JSON object of config overrides, e.g. '{\"classifier_dropout\": 0.1}'."},
@@ -66,13 +45,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(BaseDataArguments):
     """What data to train and evaluate on."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "Name of a dataset (datasets library)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of that dataset."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data, JSON lines or CSV."})
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data, JSON lines or CSV."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, JSON lines or CSV (labels optional)."})
     text_column: str | None = field(default=None, metadata={"help": "Column with the documents; default: 'text'."})
     text_column_2: str | None = field(default=None, metadata={"help": "Second text column, for text pairs."})
@@ -84,77 +59,11 @@ class DataTrainingArguments:
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every input to --max_seq_length instead of to the longest of a batch."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many validation examples."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only this many test examples."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
-    overwrite_cache: bool = field(default=False, metadata={"help": "Tokenise again instead of using the cache."})
-
-    def __post_init__(self):
-        if (
-            self.dataset_name is None
-            and self.train_file is None
-            and self.validation_file is None
-            and self.test_file is None
-        ):
-            raise ValueError("Give --dataset_name or at least one of --train_file, --validation_file, --test_file.")
-        for name in ("train_file", "validation_file", "test_file"):
-            path = getattr(self, name)
-            if path is not None and data_format(path) is None:
-                raise ValueError(f"--{name} must be a .json, .jsonl or .csv file, got {path!r}.")
-
-
-def data_format(path):
-    """The `datasets` builder that reads `path` ("json" or "csv"), or None."""
-    suffix = path.rsplit(".", 1)[-1].lower()
-    return {"json": "json", "jsonl": "json", "csv": "csv"}.get(suffix)
 
 
 def parse_args(argv=None):
     """(ModelArguments, DataTrainingArguments, TrainingArguments) from `argv` or a single .json file."""
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def setup_logging(training_args):
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-
-
-def load_raw_datasets(data_args, model_args):
-    """A `DatasetDict` with the splits found in the files or the named dataset."""
-    if data_args.dataset_name is not None:
-        return datasets.load_dataset(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-        )
-    files = {
-        split: path
-        for split, path in (
-            ("train", data_args.train_file),
-            ("validation", data_args.validation_file),
-            ("test", data_args.test_file),
-        )
-        if path is not None
-    }
-    formats = {data_format(path) for path in files.values()}
-    if len(formats) > 1:
-        raise ValueError("Give all data files in one format (JSON lines or CSV).")
-    return datasets.load_dataset(formats.pop(), data_files=files, cache_dir=model_args.cache_dir)
+    return common.parse_args((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
 
 
 def label_names(raw_datasets, label_column):
@@ -184,97 +93,38 @@ def classification_metrics(predictions, labels, num_labels):
     }
 
 
-def mean_loss_per_batch(model):
-    """Tell the Trainer that the model's loss is a mean over its own batch.
-
-    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward`
-    takes `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of
-    the whole step. It then multiplies the loss by the number of processes (DDP) and skips the division by
-    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that
-    declare `accepts_loss_kwargs` themselves are left alone.
-    """
-    if not hasattr(model, "accepts_loss_kwargs"):
-        model.accepts_loss_kwargs = False
-
-
 def main(argv=None, callbacks=None):
     """Run the example with command-line arguments `argv` (default: `sys.argv[1:]`) and extra `TrainerCallback`s.
 
     Returns the `Trainer`, whose model is the trained one (None when there is nothing to do).
     """
     model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    logger.warning(
-        "Process rank %s, device %s, n_gpu %s, distributed %s, bf16 %s",
-        training_args.process_index,
-        training_args.device,
-        training_args.n_gpu,
-        training_args.parallel_mode.value == "distributed",
-        training_args.bf16,
-    )
-    logger.info("Training parameters %s", training_args)
-
-    last_checkpoint = None
-    if (
-        training_args.do_train
-        and os.path.isdir(training_args.output_dir)
-        and training_args.resume_from_checkpoint is None
-    ):
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info("Resuming from %s; give another --output_dir to start afresh.", last_checkpoint)
-    set_seed(training_args.seed)
+    last_checkpoint = common.start_run(training_args, logger)
 
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         logger.info("Nothing to do: give --do_train, --do_eval or --do_predict.")
         return None
-    raw_datasets = load_raw_datasets(data_args, model_args)
+    raw_datasets = common.load_raw_datasets(data_args, model_args)
     labels = label_names(raw_datasets, data_args.label_column)
     label_to_id = {label: i for i, label in enumerate(labels)}
 
-    common = {
-        "cache_dir": model_args.cache_dir,
-        "revision": model_args.model_revision,
-        "token": model_args.token,
-        "trust_remote_code": model_args.trust_remote_code,
-    }
-    config_kwargs = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        num_labels=len(labels),
-        label2id={str(label): i for label, i in label_to_id.items()},
-        id2label={i: str(label) for label, i in label_to_id.items()},
-        **common,
-        **config_kwargs,
+    config, tokenizer, model = common.load_model_and_tokenizer(
+        model_args,
+        AutoModelForSequenceClassification,
+        logger,
+        config_kwargs={
+            "num_labels": len(labels),
+            "label2id": {str(label): i for label, i in label_to_id.items()},
+            "id2label": {i: str(label) for label, i in label_to_id.items()},
+        },
+        ignore_mismatched_sizes=True,
     )
-    if "lsg" not in type(config).__name__.lower():
-        logger.warning(
-            "%s is not an LSG checkpoint (config class %s): convert it first with lsg-bart-convert.",
-            model_args.model_name_or_path,
-            type(config).__name__,
-        )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **common)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True, **common
-    )
-    mean_loss_per_batch(model)
-
-    max_seq_length = data_args.max_seq_length or min(tokenizer.model_max_length, config.max_position_embeddings)
-    if max_seq_length > config.max_position_embeddings:
-        logger.warning(
-            "--max_seq_length=%d exceeds the model's max_position_embeddings=%d; using %d.",
-            max_seq_length,
-            config.max_position_embeddings,
-            config.max_position_embeddings,
-        )
-        max_seq_length = config.max_position_embeddings
+    max_seq_length = common.input_length(data_args.max_seq_length, "--max_seq_length", tokenizer, config, logger)
 
     some_split = next(split for split in ("train", "validation", "test") if split in raw_datasets)
     column_names = raw_datasets[some_split].column_names
     text_column = data_args.text_column or ("text" if "text" in column_names else column_names[0])
-    for name, column in (("--text_column", text_column), ("--text_column_2", data_args.text_column_2)):
-        if column is not None and column not in column_names:
-            raise ValueError(f"{name}={column!r} is not a column of the data: {', '.join(column_names)}.")
+    common.check_columns(column_names, {"--text_column": text_column, "--text_column_2": data_args.text_column_2})
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples):
@@ -287,21 +137,7 @@ def main(argv=None, callbacks=None):
         return result
 
     def prepare(split, max_samples):
-        if split not in raw_datasets:
-            flag = {"train": "--do_train", "validation": "--do_eval", "test": "--do_predict"}[split]
-            raise ValueError(f"{flag} needs a {split} split (give its file or a dataset that has it).")
-        dataset = raw_datasets[split]
-        if max_samples is not None:
-            dataset = dataset.select(range(min(len(dataset), max_samples)))
-        with training_args.main_process_first(desc=f"{split} dataset tokenisation"):
-            return dataset.map(
-                preprocess,
-                batched=True,
-                num_proc=data_args.preprocessing_num_workers,
-                remove_columns=dataset.column_names,
-                load_from_cache_file=not data_args.overwrite_cache,
-                desc=f"Tokenising the {split} split",
-            )
+        return common.tokenize_split(raw_datasets, split, max_samples, preprocess, data_args, training_args)
 
     train_dataset = prepare("train", data_args.max_train_samples) if training_args.do_train else None
     eval_dataset = prepare("validation", data_args.max_eval_samples) if training_args.do_eval else None
@@ -328,21 +164,7 @@ def main(argv=None, callbacks=None):
         callbacks=callbacks,
     )
 
-    if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()  # weights, config with auto_map and labels, the LSG code files and the tokenizer
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+    common.train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, last_checkpoint)
 
     if training_args.do_predict:
         if "labels" in predict_dataset.column_names:

@@ -1,5 +1,6 @@
 """Shared test set-up: offline Hugging Face caches and tiny LSG-BART configs."""
 
+import json
 import os
 import tempfile
 
@@ -12,7 +13,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lsg_bart import LSGBartConfig  # noqa: E402
+from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration  # noqa: E402
+from lsg_bart.tiny import build_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
@@ -57,3 +59,29 @@ def padded_batch(lengths, vocab_size=120, seed=0):
 @pytest.fixture
 def make_config():
     return tiny_config
+
+
+def write_jsonl(path, rows):
+    """`rows` (dicts) written to `path` as JSON lines; the path as a string."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny, randomly initialised LSG-BART summarisation checkpoint with its tokenizer, saved like a converted one
+    (4,096 positions, blocks of 32, one global token). Read-only: tests write their outputs elsewhere."""
+    path = tmp_path_factory.mktemp("tiny-lsg-bart")
+    tokenizer = build_tokenizer(model_max_length=4096)
+    config = tiny_config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        block_size=32,
+        sparse_block_size=32,
+        num_global_tokens=1,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(0)
+    LSGBartForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -18,10 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_bart.tiny import build_tokenizer, sample_text
+from lsg_bart.tiny import sample_text
 
-from conftest import REPO
+from conftest import REPO, write_jsonl
 
 EXAMPLE = REPO / "examples" / "run_summarization.py"
 
@@ -89,39 +88,11 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny LSG-BART checkpoint with its tokenizer, saved like a converted one."""
-    path = tmp_path_factory.mktemp("tiny-lsg-bart")
-    tokenizer = build_tokenizer(model_max_length=4096)
-    config = LSGBartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=4096,
-        block_size=32,
-        sparse_block_size=32,
-        sparsity_factor=2,
-        num_global_tokens=1,
-    )
-    torch.manual_seed(0)
-    LSGBartForConditionalGeneration(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
     rows = [
         {"article": sample_text(150 + 10 * seed, seed), "abstract": sample_text(10, 500 + seed)} for seed in range(16)
     ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
 
 
 LAUNCHERS = {
@@ -137,14 +108,14 @@ LAUNCHERS = {
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_two_processes_end_with_identical_weights(launcher, checkpoint, train_file, tmp_path):
+def test_two_processes_end_with_identical_weights(launcher, tiny_checkpoint, train_file, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(example=str(EXAMPLE)), encoding="utf-8")
     reports = tmp_path / "reports"
     reports.mkdir()
     output_dir = tmp_path / "out"
     example_args = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--train_file", str(train_file),
         "--max_source_length", "256",
         "--max_target_length", "16",

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from transformers import pipeline as hf_pipeline
 
-from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_bart.tiny import build_tokenizer, sample_text
+from lsg_bart import LSGBartConfig
+from lsg_bart.tiny import sample_text
 
-from conftest import REPO
+from conftest import REPO, write_jsonl
 
 EXAMPLES = REPO / "examples"
 CODE_FILES = ("configuration_lsg_bart.py", "modeling_lsg_bart.py")
@@ -50,37 +50,6 @@ def one_thread_and_logging_restored():
     transformers.logging.set_verbosity(verbosities[0])
     transformers.logging.reset_format()
     datasets.logging.set_verbosity(verbosities[1])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny, randomly initialised LSG-BART summarisation checkpoint with its tokenizer, saved like a converted one."""
-    path = tmp_path_factory.mktemp("tiny-lsg-bart")
-    tokenizer = build_tokenizer(model_max_length=4096)
-    config = LSGBartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=4096,
-        block_size=32,
-        sparse_block_size=32,
-        sparsity_factor=2,
-        num_global_tokens=1,
-    )
-    torch.manual_seed(0)
-    LSGBartForConditionalGeneration(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +134,8 @@ def test_rouge_scores_from_rouge_score_package():
     assert run_summarization.sentences("One. Two!  Three?") == "One.\nTwo!\nThree?"
 
 
-def test_summarization_compute_metrics_ignores_label_padding(checkpoint):
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+def test_summarization_compute_metrics_ignores_label_padding(tiny_checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     compute_metrics = run_summarization.build_compute_metrics(tokenizer)
     ids = tokenizer(["long documents and short summaries"])["input_ids"][0]
     predictions = torch.tensor([ids + [tokenizer.pad_token_id] * 3]).numpy()
@@ -176,11 +145,13 @@ def test_summarization_compute_metrics_ignores_label_padding(checkpoint):
     assert metrics["gen_len"] == len(ids)
 
 
-def test_summarization_trains_evaluates_predicts_and_saves_remote_code_folder(checkpoint, summarization_data, tmp_path):
+def test_summarization_trains_evaluates_predicts_and_saves_remote_code_folder(
+    tiny_checkpoint, summarization_data, tmp_path
+):
     output_dir = tmp_path / "out"
     probe = Probe()
     argv = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--train_file", summarization_data["train"],
         "--validation_file", summarization_data["validation"],
         "--test_file", summarization_data["test"],
@@ -216,15 +187,15 @@ def test_summarization_trains_evaluates_predicts_and_saves_remote_code_folder(ch
     assert type(reloaded).__module__.startswith("transformers_modules.")  # the folder's copy of the code
     trained = state_digest(trainer.model.state_dict())
     assert state_digest(reloaded.state_dict()) == pytest.approx(trained)
-    initial = state_digest(load_file(checkpoint / "model.safetensors"))
+    initial = state_digest(load_file(tiny_checkpoint / "model.safetensors"))
     assert any(initial[name] != pytest.approx(value) for name, value in trained.items() if name in initial)
     assert (
         AutoTokenizer.from_pretrained(output_dir, trust_remote_code=True).get_vocab()
-        == AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True).get_vocab()
+        == AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True).get_vocab()
     )
 
 
-def test_summarization_reads_csv_and_evaluates_without_training(checkpoint, tmp_path):
+def test_summarization_reads_csv_and_evaluates_without_training(tiny_checkpoint, tmp_path):
     path = tmp_path / "validation.csv"
     import csv
 
@@ -235,7 +206,7 @@ def test_summarization_reads_csv_and_evaluates_without_training(checkpoint, tmp_
             writer.writerow([sample_text(120, seed), sample_text(10, 50 + seed)])
     output_dir = tmp_path / "out"
     argv = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--validation_file", str(path),
         "--do_eval", "--predict_with_generate",
         "--generation_max_length", "6",
@@ -246,7 +217,7 @@ def test_summarization_reads_csv_and_evaluates_without_training(checkpoint, tmp_
     assert {"eval_rouge1", "eval_rougeLsum", "eval_loss"} <= metrics.keys()
 
 
-def test_summarization_reads_a_dataset_by_name(checkpoint, summarization_data, tmp_path):
+def test_summarization_reads_a_dataset_by_name(tiny_checkpoint, summarization_data, tmp_path):
     """--dataset_name goes through datasets.load_dataset: here a local folder of JSON lines files (no network)."""
     import shutil
 
@@ -256,7 +227,7 @@ def test_summarization_reads_a_dataset_by_name(checkpoint, summarization_data, t
     shutil.copy(summarization_data["test"], folder / "test.jsonl")
     output_dir = tmp_path / "out"
     argv = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--dataset_name", str(folder),
         "--do_eval", "--do_predict", "--predict_with_generate",
         "--generation_max_length", "6",
@@ -267,9 +238,9 @@ def test_summarization_reads_a_dataset_by_name(checkpoint, summarization_data, t
     assert "eval_rouge1" in results and "predict_rougeLsum" in results
 
 
-def test_summarization_rejects_unknown_columns_and_clamps_source_length(checkpoint, summarization_data, tmp_path):
+def test_summarization_rejects_unknown_columns_and_clamps_source_length(tiny_checkpoint, summarization_data, tmp_path):
     argv = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--train_file", summarization_data["train"],
         "--text_column", "body",
         "--do_train",
@@ -282,14 +253,14 @@ def test_summarization_rejects_unknown_columns_and_clamps_source_length(checkpoi
         ["--model_name_or_path", "x", "--train_file", "a.jsonl", "--output_dir", "o", "--max_source_length", "9999"]
     )
     config = LSGBartConfig(max_position_embeddings=4096)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     assert run_summarization.source_length(data_args, tokenizer, config) == 4096
 
 
-def test_gradient_accumulation_logs_the_mean_loss(checkpoint, summarization_data, tmp_path):
+def test_gradient_accumulation_logs_the_mean_loss(tiny_checkpoint, summarization_data, tmp_path):
     """With 2 accumulated micro-batches the logged loss is their mean, not their sum (see mean_loss_per_batch)."""
     argv = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--train_file", summarization_data["train"],
         "--max_source_length", "256", "--max_target_length", "16",
         "--do_train", "--gradient_accumulation_steps", "2", "--logging_steps", "1",
@@ -299,8 +270,8 @@ def test_gradient_accumulation_logs_the_mean_loss(checkpoint, summarization_data
     [logged] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
     # The untrained model's mean loss over the training documents: a random model's loss barely varies between them.
-    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     rows = [json.loads(line) for line in open(summarization_data["train"], encoding="utf-8")]
     with torch.no_grad():
         losses = [
@@ -317,13 +288,13 @@ def test_gradient_accumulation_logs_the_mean_loss(checkpoint, summarization_data
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 @pytest.mark.parametrize("example", ["summarization", "classification"])
-def test_gradient_checkpointing_and_bf16(example, checkpoint, summarization_data, classification_data, tmp_path):
+def test_gradient_checkpointing_and_bf16(example, tiny_checkpoint, summarization_data, classification_data, tmp_path):
     """--gradient_checkpointing recomputes the layers in the backward pass; --bf16 runs the steps in bfloat16."""
     probe = Probe()
     flags = ["--gradient_checkpointing", "--bf16", "--logging_steps", "1"] + common_args(tmp_path, max_steps=2)
     if example == "summarization":
         argv = [
-            "--model_name_or_path", str(checkpoint),
+            "--model_name_or_path", str(tiny_checkpoint),
             "--train_file", summarization_data["train"],
             "--max_source_length", "256", "--max_target_length", "16",
             "--do_train",
@@ -331,7 +302,7 @@ def test_gradient_checkpointing_and_bf16(example, checkpoint, summarization_data
         trainer = run_summarization.main(argv + flags, callbacks=[probe])
     else:
         argv = [
-            "--model_name_or_path", str(checkpoint),
+            "--model_name_or_path", str(tiny_checkpoint),
             "--train_file", classification_data["train"],
             "--max_seq_length", "256",
             "--do_train",
@@ -367,11 +338,11 @@ def classification_data(tmp_path_factory):
     }
 
 
-def test_classification_trains_evaluates_predicts_and_serves_a_pipeline(checkpoint, classification_data, tmp_path):
+def test_classification_trains_evaluates_predicts_and_serves_a_pipeline(tiny_checkpoint, classification_data, tmp_path):
     output_dir = tmp_path / "out"
     probe = Probe()
     argv = [
-        "--model_name_or_path", str(checkpoint),
+        "--model_name_or_path", str(tiny_checkpoint),
         "--train_file", classification_data["train"],
         "--validation_file", classification_data["validation"],
         "--test_file", classification_data["test"],
@@ -421,7 +392,7 @@ def test_classification_metrics():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(checkpoint, tmp_path, capsys):
+def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(tiny_checkpoint, tmp_path, capsys):
     documents = {"short": sample_text(60, 1), "medium": sample_text(300, 2), "long": sample_text(900, 3)}
     paths = []
     for name, text in documents.items():
@@ -429,7 +400,7 @@ def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(checkpo
         paths.append(str(tmp_path / f"{name}.txt"))
     output_dir = tmp_path / "summaries"
     argv = paths + [
-        "--model", str(checkpoint),
+        "--model", str(tiny_checkpoint),
         "--max_source_length", "256",
         "--num_beams", "3",
         "--max_new_tokens", "6",
@@ -444,7 +415,7 @@ def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(checkpo
 
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [line["file"] for line in lines] == paths
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     for line, text in zip(lines, documents.values()):
         full = len(tokenizer(text, verbose=False)["input_ids"])
         assert line["truncated"] == (full > 256)
@@ -452,7 +423,7 @@ def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(checkpo
     assert [line["truncated"] for line in lines] == [False, True, True]
 
     # The same summaries as generate() with those settings on the truncated inputs, one document at a time.
-    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()
     for name, text, result in zip(documents, documents.values(), results):
         inputs = tokenizer(text, truncation=True, max_length=256, return_tensors="pt")
         expected_ids = model.generate(**inputs, num_beams=3, max_new_tokens=6, no_repeat_ngram_size=2)
@@ -461,23 +432,23 @@ def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(checkpo
         assert (output_dir / f"{name}.summary.txt").read_text(encoding="utf-8") == expected + "\n"
 
 
-def test_summarize_reads_stdin_and_caps_length_at_the_model(checkpoint, monkeypatch, capsys):
+def test_summarize_reads_stdin_and_caps_length_at_the_model(tiny_checkpoint, monkeypatch, capsys):
     import io
 
     monkeypatch.setattr("sys.stdin", io.StringIO(sample_text(5000, 4)))
-    results = summarize.main(["--model", str(checkpoint), "--max_new_tokens", "4", "--num_beams", "2"])
+    results = summarize.main(["--model", str(tiny_checkpoint), "--max_new_tokens", "4", "--num_beams", "2"])
     captured = capsys.readouterr()
     assert results[0]["truncated"] and results[0]["input_tokens"] == 4096  # the model's max_position_embeddings
     assert captured.out == results[0]["summary"] + "\n"
     assert "truncated to 4096 tokens: <stdin>" in captured.err
 
 
-def test_summarization_pipeline_with_a_saved_checkpoint(checkpoint):
-    summarizer = hf_pipeline("summarization", model=str(checkpoint), trust_remote_code=True)
+def test_summarization_pipeline_with_a_saved_checkpoint(tiny_checkpoint):
+    summarizer = hf_pipeline("summarization", model=str(tiny_checkpoint), trust_remote_code=True)
     long_document = sample_text(5000, 5)  # longer than the model: truncated
     [result] = summarizer(long_document, num_beams=2, max_new_tokens=6)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
-    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()
     inputs = tokenizer(long_document, truncation=True, max_length=4096, return_tensors="pt")
     expected = model.generate(**inputs, num_beams=2, max_new_tokens=6)
     assert result["summary_text"] == tokenizer.decode(expected[0], skip_special_tokens=True)

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsg_bart import LSGBartConfig, LSGBartModel
+from lsg_bart import LSGBartModel
+
+from conftest import tiny_config
 
 LENGTH, BLOCK, LAYERS = 2048, 32, 2
 TOPICS, WORDS_PER_TOPIC = 2, 64
@@ -56,19 +58,13 @@ def test_tiny_lsg_encoder_learns_a_dependency_beyond_the_local_window():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and the CPU cores are shared
     try:
-        config = LSGBartConfig(
+        config = tiny_config(
             vocab_size=10 + TOPICS * WORDS_PER_TOPIC,
-            d_model=32,
             encoder_layers=LAYERS,
             decoder_layers=1,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
             max_position_embeddings=LENGTH,
             block_size=BLOCK,
             sparse_block_size=BLOCK,
-            sparsity_factor=2,
             num_global_tokens=16,
             dropout=0.0,
             attention_dropout=0.0,

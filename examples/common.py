@@ -1,0 +1,240 @@
+"""What the fine-tuning examples share: arguments, logging, data and checkpoint loading, the Trainer's loss setting.
+
+Imported by `run_summarization.py` and `run_classification.py`, which put their own folder on `sys.path` first (so
+this works with `python`, `torchrun` and `accelerate launch`, and when the scripts are imported from a file path).
+"""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import transformers
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+SPLIT_FLAGS = {"train": "--do_train", "validation": "--do_eval", "test": "--do_predict"}
+
+
+@dataclass
+class BaseModelArguments:
+    """Which checkpoint to fine-tune (each example adds its `model_kwargs` field, with its own example)."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache files downloaded from the Hub."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
+    token: str | None = field(default=None, metadata={"help": "Hub token, for private checkpoints or datasets."})
+    trust_remote_code: bool = field(
+        default=True,
+        metadata={"help": "Run the checkpoint's own modelling code (LSG checkpoints ship it; needed to load them)."},
+    )
+
+
+@dataclass
+class BaseDataArguments:
+    """Where the data come from and how many examples to keep (each example adds its columns and lengths)."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Name of a dataset (datasets library)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of that dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data, JSON lines or CSV."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, JSON lines or CSV."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data, JSON lines or CSV."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many validation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only this many test examples."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Tokenise again instead of using the cache."})
+
+    def __post_init__(self):
+        if (
+            self.dataset_name is None
+            and self.train_file is None
+            and self.validation_file is None
+            and self.test_file is None
+        ):
+            raise ValueError("Give --dataset_name or at least one of --train_file, --validation_file, --test_file.")
+        for name in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, name)
+            if path is not None and data_format(path) is None:
+                raise ValueError(f"--{name} must be a .json, .jsonl or .csv file, got {path!r}.")
+
+
+def data_format(path):
+    """The `datasets` builder that reads `path` ("json" or "csv"), or None."""
+    suffix = path.rsplit(".", 1)[-1].lower()
+    return {"json": "json", "jsonl": "json", "csv": "csv"}.get(suffix)
+
+
+def parse_args(dataclass_types, argv=None):
+    """The `dataclass_types` filled from `argv` (default: `sys.argv[1:]`) or from a single .json file."""
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args, logger):
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def start_run(training_args, logger):
+    """Set up logging (on the example's `logger`) and the seed; the checkpoint to resume from, or None."""
+    setup_logging(training_args, logger)
+    logger.warning(
+        "Process rank %s, device %s, n_gpu %s, distributed %s, bf16 %s",
+        training_args.process_index,
+        training_args.device,
+        training_args.n_gpu,
+        training_args.parallel_mode.value == "distributed",
+        training_args.bf16,
+    )
+    logger.info("Training parameters %s", training_args)
+
+    last_checkpoint = None
+    if (
+        training_args.do_train
+        and os.path.isdir(training_args.output_dir)
+        and training_args.resume_from_checkpoint is None
+    ):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info("Resuming from %s; give another --output_dir to start afresh.", last_checkpoint)
+    set_seed(training_args.seed)
+    return last_checkpoint
+
+
+def load_raw_datasets(data_args, model_args):
+    """A `DatasetDict` with the splits found in the files or the named dataset."""
+    if data_args.dataset_name is not None:
+        return datasets.load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
+    files = {
+        split: path
+        for split, path in (
+            ("train", data_args.train_file),
+            ("validation", data_args.validation_file),
+            ("test", data_args.test_file),
+        )
+        if path is not None
+    }
+    formats = {data_format(path) for path in files.values()}
+    if len(formats) > 1:
+        raise ValueError("Give all data files in one format (JSON lines or CSV).")
+    return datasets.load_dataset(formats.pop(), data_files=files, cache_dir=model_args.cache_dir)
+
+
+def check_columns(column_names, columns):
+    """Raise if a column named by a flag (`columns`: flag -> column or None) is not in the data."""
+    for name, column in columns.items():
+        if column is not None and column not in column_names:
+            raise ValueError(f"{name}={column!r} is not a column of the data: {', '.join(column_names)}.")
+
+
+def tokenize_split(raw_datasets, split, max_samples, preprocess, data_args, training_args, fn_kwargs=None):
+    """`raw_datasets[split]`, cut to `max_samples` and tokenised by `preprocess` (batched, once per machine)."""
+    if split not in raw_datasets:
+        raise ValueError(f"{SPLIT_FLAGS[split]} needs a {split} split (give its file or a dataset that has it).")
+    dataset = raw_datasets[split]
+    if max_samples is not None:
+        dataset = dataset.select(range(min(len(dataset), max_samples)))
+    with training_args.main_process_first(desc=f"{split} dataset tokenisation"):
+        return dataset.map(
+            preprocess,
+            fn_kwargs=fn_kwargs,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=dataset.column_names,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc=f"Tokenising the {split} split",
+        )
+
+
+def load_model_and_tokenizer(model_args, auto_model_class, logger, config_kwargs=None, **model_kwargs):
+    """The LSG checkpoint's config (with `config_kwargs` and --model_kwargs), tokenizer and model, with its remote
+    code; `model_kwargs` go to the model's `from_pretrained`. The model's loss is marked as a per-batch mean."""
+    common = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    overrides = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path, **common, **(config_kwargs or {}), **overrides
+    )
+    if "lsg" not in type(config).__name__.lower() and "lsg" not in str(getattr(config, "auto_map", "")).lower():
+        logger.warning(
+            "%s is not an LSG checkpoint (config class %s): convert it first with lsg-bart-convert to get long-input "
+            "attention.",
+            model_args.model_name_or_path,
+            type(config).__name__,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **common)
+    model = auto_model_class.from_pretrained(model_args.model_name_or_path, config=config, **common, **model_kwargs)
+    mean_loss_per_batch(model)
+    return config, tokenizer, model
+
+
+def input_length(requested, flag, tokenizer, config, logger):
+    """`requested` (the value of `flag`), or the model's length; never more than the model's position table."""
+    model_length = config.max_position_embeddings
+    length = requested or min(tokenizer.model_max_length, model_length)
+    if length > model_length:
+        logger.warning(
+            "%s=%d exceeds the model's max_position_embeddings=%d; using %d.", flag, length, model_length, model_length
+        )
+        length = model_length
+    return length
+
+
+def mean_loss_per_batch(model):
+    """Tell the Trainer that the model's loss is a mean over its own batch.
+
+    BART's heads return the mean loss of the batch they see and ignore `num_items_in_batch`, but their `forward`
+    takes `**kwargs`, from which transformers 5's Trainer concludes that the loss is normalised by the token count of
+    the whole step. It then multiplies the loss by the number of processes (DDP) and skips the division by
+    `gradient_accumulation_steps`: logged losses and gradients come out that many times too large. Models that
+    declare `accepts_loss_kwargs` themselves are left alone.
+    """
+    if not hasattr(model, "accepts_loss_kwargs"):
+        model.accepts_loss_kwargs = False
+
+
+def train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, last_checkpoint):
+    """--do_train (then save the model, metrics and state) and --do_eval, as transformers' examples do."""
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # weights, config with auto_map (and labels), the LSG code files and the tokenizer
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        metrics["eval_samples"] = len(eval_dataset)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
