@@ -36,6 +36,8 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
 
+TOKEN_CHUNK = 2048  # tokens per chunk of the per-token work after the attention (see LSGBartEncoderLayer)
+
 # ---------------------------------------------------------------------------------------------------------------
 # Blocks and windows
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,14 +186,14 @@ def select_by_bos_pooling(keys, values, mask, first_query, factor):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def attend(query, key, value, visible, dropout, use_sdpa):
-    """Softmax attention of pre-scaled queries (..., q, d) over keys (..., k, d); visible (..., 1|q, k) bool.
+def attend(query, key, value, visible, dropout, use_sdpa, scale):
+    """Softmax attention of queries (..., q, d) over keys (..., k, d); visible (..., 1|q, k) bool.
 
     `use_sdpa` runs PyTorch's fused kernel; otherwise scores, an additive mask and a softmax are written out.
     """
     if use_sdpa:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=dropout, scale=1.0)
-    scores = query @ key.transpose(-1, -2)  # (..., q, k)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=dropout, scale=scale)
+    scores = (query @ key.transpose(-1, -2)) * scale  # (..., q, k)
     scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout)
     return probs @ value  # (..., q, d)
@@ -205,25 +207,26 @@ class TwoPartAttention(torch.autograd.Function):
     kept. The backward pass gives each set the merged output and log-sum-exp, so the kernel's own backward
     computes the union's gradient restricted to that set's keys, as flash attention does across key blocks.
 
-    Inputs: query (B, nb, q, d); local keys and values (B, nb, k, d) and float mask (B|1, nb, 1, k); the float
+    Inputs: query (B, nb, q, d) and the scale of its scores; local keys and values (B, nb, k, d) and float mask (B|1, nb, 1, k); the float
     mask of the other set (B|1, nb, 1, K), then its key pieces and its value pieces, each (B, nb, k_i, d).
     """
 
     @staticmethod
-    def forward(ctx, query, local_key, local_value, local_bias, context_bias, *context):
+    def forward(ctx, query, scale, local_key, local_value, local_bias, context_bias, *context):
         pieces = len(context) // 2
         context_key, context_value = torch.cat(context[:pieces], dim=2), torch.cat(context[pieces:], dim=2)
         results = []
         for key, value, bias in ((local_key, local_value, local_bias), (context_key, context_value, context_bias)):
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, attn_mask=bias, scale=1.0
+                query, key, value, attn_mask=bias, scale=scale
             )[:2]
             results.append((out, lse))  # (B, nb, q, d), (B, nb, q)
         (local_out, local_lse), (context_out, context_lse) = results
         lse = torch.logaddexp(local_lse, context_lse)  # (B, nb, q)
         # The local part's share of the softmax mass, exp(local_lse - lse), is this sigmoid.
         local_share = torch.sigmoid(local_lse - context_lse).unsqueeze(-1).to(query.dtype)  # (B, nb, q, 1)
-        out = torch.lerp(context_out, local_out, local_share)  # (B, nb, q, d)
+        out = context_out.lerp_(local_out, local_share)  # (B, nb, q, d)
+        ctx.scale = scale
         ctx.save_for_backward(query, local_key, local_value, local_bias, context_bias, out, lse, *context)
         return out
 
@@ -235,7 +238,7 @@ class TwoPartAttention(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grads = [
             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_out, query, key, value, out, lse, 0.0, False, attn_mask=bias, scale=1.0
+                grad_out, query, key, value, out, lse, 0.0, False, attn_mask=bias, scale=ctx.scale
             )
             for key, value, bias in ((local_key, local_value, local_bias), (context_key, context_value, context_bias))
         ]
@@ -243,6 +246,7 @@ class TwoPartAttention(torch.autograd.Function):
         sizes = [piece.shape[2] for piece in context[:pieces]]
         return (
             local_q + context_q,
+            None,
             local_k,
             local_v,
             None,
@@ -252,7 +256,7 @@ class TwoPartAttention(torch.autograd.Function):
         )
 
 
-def attend_in_two_parts(query, local, context):
+def attend_in_two_parts(query, local, context, scale):
     """`TwoPartAttention` of (n*h, nb, bs, d) block queries over the local window and the other key sets.
 
     `local` is one (key, value, visible) part and `context` a list of them, as for `batch_key_sets`.
@@ -267,7 +271,7 @@ def attend_in_two_parts(query, local, context):
         return zeros.masked_fill(~visible, torch.finfo(query.dtype).min)
 
     return TwoPartAttention.apply(
-        query, local_key[0], local_value[0], bias(local_visible), bias(context_visible), *context_keys, *context_values
+        query, scale, local_key[0], local_value[0], bias(local_visible), bias(context_visible), *context_keys, *context_values
     )
 
 
@@ -334,11 +338,11 @@ class LSGSelfAttention(BartAttention):
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3*h*d, h*d)
         bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         query, key, value = F.linear(hidden_states, weight, bias).split(h * d, dim=-1)  # 3 x (n, T, h*d)
-        query = (query * self.scaling).view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+        query = query.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
         if T <= 2 * bs + G:
             key = key.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
             value = value.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
-            out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa).transpose(1, 2)
+            out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa, self.scaling).transpose(1, 2)
         else:
             # Keys and values get a block of margin around the non-global tokens, so that every local window
             # is a view of them; the query is made contiguous once, so that its blocks are views too.
@@ -357,7 +361,9 @@ class LSGSelfAttention(BartAttention):
         """
         G, T = self.num_global_tokens, query.shape[2]
         all_keys, all_values = key[:, :, margin : margin + T], value[:, :, margin : margin + T]  # (n, h, T, d)
-        global_out = attend(query[:, :, :G], all_keys, all_values, visible.transpose(-1, -2), dropout, use_sdpa)
+        global_out = attend(
+            query[:, :, :G], all_keys, all_values, visible.transpose(-1, -2), dropout, use_sdpa, self.scaling
+        )
         if use_sdpa and torch.is_grad_enabled() and not can_attend_in_two_parts(query, dropout):
             # Training with the joined key sets, ~5x the size of the keys: rebuilding them in the backward pass
             # instead of keeping them saves most of the attention's memory for a small share of its time.
@@ -381,7 +387,7 @@ class LSGSelfAttention(BartAttention):
         global_kv = (key[:, :, margin:start], value[:, :, margin:start], visible[:, :, :G])
         context = [tuple(x.unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in global_kv)]
         if self.sparse_block_size > 0 and self.sparsity_type != "none":
-            sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1])
+            sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1] * self.scaling)
             windows = [sparse_windows(x, bs // self.sparsity_factor, self.sparse_block_size, nb) for x in sparse]
             context += list(zip(*windows))
         with_margins = (key[:, :, start - bs :], value[:, :, start - bs :], F.pad(rest[2], (0, 0, bs, bs)))
@@ -389,14 +395,17 @@ class LSGSelfAttention(BartAttention):
 
         block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d), a view
         if use_sdpa and can_attend_in_two_parts(block_query, dropout):
-            block_out = attend_in_two_parts(block_query, local, context)
+            block_out = attend_in_two_parts(block_query, local, context, self.scaling)
         else:
             block_key, block_value, block_visible = batch_key_sets(context + [local], n, h)  # (n*h, nb, K, d)
-            block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa)
+            block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa, self.scaling)
         return block_out.view(n, h, nb * bs, d)
 
     def select_sparse_tokens(self, keys, values, visible, first_query):
-        """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector."""
+        """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector.
+
+        `first_query` (n, h, 1, d), scaled, is the first non-global token's query (for `bos_pooling`).
+        """
         f, chunk_size = self.sparsity_factor, min(self.block_size, self.sparse_block_size)
         if f == 1:
             return keys, values, visible
@@ -422,11 +431,34 @@ class LSGSelfAttention(BartAttention):
 
 
 class LSGBartEncoderLayer(BartEncoderLayer):
-    """A BART encoder layer whose self-attention is [`LSGSelfAttention`]."""
+    """A BART encoder layer whose self-attention is [`LSGSelfAttention`].
+
+    Same computation as BART's layer. What follows the attention works token by token, so it runs on chunks of
+    `TOKEN_CHUNK` tokens: the feed-forward block's 4x-wide intermediate then stays in cache, and its memory does
+    not grow with the input length.
+    """
 
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
         super().__init__(config, layer_idx)
         self.self_attn = LSGSelfAttention(config, layer_idx)
+
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        attended, _ = self.self_attn(hidden_states, attention_mask=attention_mask, **kwargs)  # (n, T, d_model)
+        chunks = zip(hidden_states.split(TOKEN_CHUNK, dim=1), attended.split(TOKEN_CHUNK, dim=1))
+        hidden_states = torch.cat([self.after_attention(*chunk) for chunk in chunks], dim=1)  # (n, T, d_model)
+        if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
+            clamp_value = torch.finfo(hidden_states.dtype).max - 1000
+            hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
+        return hidden_states
+
+    def after_attention(self, hidden_states, attended):
+        """Residual and layer norm, then BART's feed-forward block: (n, chunk, d_model) -> (n, chunk, d_model)."""
+        attended = F.dropout(attended, p=self.dropout, training=self.training)
+        hidden_states = self.self_attn_layer_norm(hidden_states + attended)
+        fed_forward = self.activation_fn(self.fc1(hidden_states))  # (n, chunk, ffn_dim)
+        fed_forward = F.dropout(fed_forward, p=self.activation_dropout, training=self.training)
+        fed_forward = F.dropout(self.fc2(fed_forward), p=self.dropout, training=self.training)
+        return self.final_layer_norm(hidden_states + fed_forward)
 
 
 class LSGBartPreTrainedModel(BartPreTrainedModel):

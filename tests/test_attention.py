@@ -75,6 +75,7 @@ def test_stride_and_block_stride_pick_the_specified_tokens(factor):
 
 def literal_lsg(attn, query, key, value, visible):
     """LSG-SPEC section 4 read literally: for every block, list its keys one index at a time."""
+    query = query * attn.scaling
     n, h, T, d = query.shape
     G, bs, f, sbs = attn.num_global_tokens, attn.block_size, attn.sparsity_factor, attn.sparse_block_size
     t = T - G
@@ -214,10 +215,10 @@ def test_two_part_attention_equals_attention_over_the_union(dtype):
         qq, lk, lv, *rest = leaves
         parts = [(lk, lv, local[2])] + [(rest[2 * i], rest[2 * i + 1], c[2]) for i, c in enumerate(context)]
         if split:
-            out = attend_in_two_parts(qq, parts[0], parts[1:])
+            out = attend_in_two_parts(qq, parts[0], parts[1:], 0.25)
         else:  # the straightforward path over the joined key set, in float32 on the same inputs
             key, value, visible = batch_key_sets(parts[1:] + parts[:1], n, h)
-            out = attend(qq, key, value, visible, 0.0, False)
+            out = attend(qq, key, value, visible, 0.0, False, 0.25)
         out.float().pow(2).sum().backward()
         return out.float(), [x.grad.float() for x in leaves]
 
