@@ -36,7 +36,9 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
 
-TOKEN_CHUNK = 2048  # tokens per chunk of the per-token work after the attention (see LSGBartEncoderLayer)
+# Long inputs are processed in chunks of about this many tokens (groups of blocks in the attention, then the
+# per-token work after it), so that intermediates stay in cache and memory does not grow with the length.
+TOKEN_CHUNK = 2048
 
 # ---------------------------------------------------------------------------------------------------------------
 # Blocks and windows
@@ -345,11 +347,13 @@ class LSGSelfAttention(BartAttention):
             out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa, self.scaling).transpose(1, 2)
         else:
             # Keys and values get a block of margin around the non-global tokens, so that every local window
-            # is a view of them; the query is made contiguous once, so that its blocks are views too.
+            # is a view of them; the query is made contiguous once, so that its blocks are views too. (Rebinding
+            # all three frees the joint projection.)
             margin = max(bs - G, 0)
+            query = query.contiguous()  # (n, h, T, d)
             key = split_heads_with_margin(key, h, margin, bs)  # (n, h, margin + T + bs, d)
             value = split_heads_with_margin(value, h, margin, bs)
-            out = self.lsg_attention(query.contiguous(), key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
+            out = self.lsg_attention(query, key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
 
         return self.out_proj(out.reshape(n, T, h * d)), None
 
@@ -372,10 +376,13 @@ class LSGSelfAttention(BartAttention):
             )
         else:
             block_out = self.block_attention(query, key, value, visible, margin, dropout, use_sdpa)
-        return torch.cat([global_out.transpose(1, 2), block_out.transpose(1, 2)], dim=1)  # (n, T, h, d)
+        return torch.cat([x.transpose(1, 2) for x in (global_out, *block_out)], dim=1)  # (n, T, h, d)
 
     def block_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
-        """The rows after the global tokens, block by block -> (n, h, T - G, d); arguments as `lsg_attention`."""
+        """The rows after the global tokens, block by block: a tuple of (n, h, rows, d) outputs, in order.
+
+        Arguments as for `lsg_attention`.
+        """
         n, h, T, d = query.shape
         G, bs = self.num_global_tokens, self.block_size
         nb = (T - G) // bs
@@ -394,12 +401,21 @@ class LSGSelfAttention(BartAttention):
         local = tuple(local_windows(x, bs) for x in with_margins)  # overlapping views (n, h|1, nb, 3*bs, d|1)
 
         block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d), a view
-        if use_sdpa and can_attend_in_two_parts(block_query, dropout):
-            block_out = attend_in_two_parts(block_query, local, context, self.scaling)
-        else:
-            block_key, block_value, block_visible = batch_key_sets(context + [local], n, h)  # (n*h, nb, K, d)
-            block_out = attend(block_query, block_key, block_value, block_visible, dropout, use_sdpa, self.scaling)
-        return block_out.view(n, h, nb * bs, d)
+        two_parts = use_sdpa and can_attend_in_two_parts(block_query, dropout)
+        # Groups of blocks are attended one after the other, so that their joined key sets stay small.
+        group_size = max(1, TOKEN_CHUNK // bs)
+        outputs = []
+        for first in range(0, nb, group_size):
+            group = slice(first, first + group_size)
+            group_context = [tuple(x[:, :, group] for x in part) for part in context]
+            group_local = tuple(x[:, :, group] for x in local)
+            if two_parts:
+                out = attend_in_two_parts(block_query[:, group], group_local, group_context, self.scaling)
+            else:
+                key_set, value_set, visible_set = batch_key_sets(group_context + [group_local], n, h)  # (n*h, g, K, d)
+                out = attend(block_query[:, group], key_set, value_set, visible_set, dropout, use_sdpa, self.scaling)
+            outputs.append(out.view(n, h, -1, d))  # (n, h, g*bs, d)
+        return tuple(outputs)
 
     def select_sparse_tokens(self, keys, values, visible, first_query):
         """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector.

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from conftest import padded_batch, tiny_config
 
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
+from lsg_bart import modeling_lsg_bart as modeling
 from lsg_bart.modeling_lsg_bart import (
     LSGSelfAttention,
     attend,
@@ -129,7 +130,11 @@ def norm_accepts(block_size, sparsity_factor, sparse_block_size):
     ],
 )
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_block_key_sets_follow_the_spec(sparsity_type, block_size, sparsity_factor, sparse_block_size, attn_implementation):
+@pytest.mark.parametrize("token_chunk", [2048, 20])  # 20: blocks attended in several groups
+def test_block_key_sets_follow_the_spec(
+    sparsity_type, block_size, sparsity_factor, sparse_block_size, attn_implementation, token_chunk, monkeypatch
+):
+    monkeypatch.setattr(modeling, "TOKEN_CHUNK", token_chunk)
     config = tiny_config(
         block_size=block_size,
         sparsity_factor=sparsity_factor,
@@ -227,6 +232,21 @@ def test_two_part_attention_equals_attention_over_the_union(dtype):
     torch.testing.assert_close(split_out, union_out, atol=tolerance, rtol=tolerance)
     for split_grad, union_grad in zip(split_grads, union_grads):
         torch.testing.assert_close(split_grad, union_grad, atol=tolerance * 10, rtol=tolerance * 10)
+
+
+@pytest.mark.parametrize("sparsity_type", ["norm", "pooling"])
+def test_chunked_processing_of_long_inputs_changes_nothing(sparsity_type, monkeypatch):
+    model = LSGBartModel(tiny_config(sparsity_type=sparsity_type)).eval()
+    input_ids, attention_mask = padded_batch([600, 450])
+    results = []
+    for token_chunk in (100_000, 64):  # one chunk; then groups of 4 blocks and chunks of 64 tokens
+        monkeypatch.setattr(modeling, "TOKEN_CHUNK", token_chunk)
+        out = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out.pow(2).mean().backward()
+        results.append((out.detach(), model.encoder.layers[0].fc1.weight.grad.clone()))
+        model.zero_grad()
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
 
 
 def test_lsh_seed_makes_outputs_reproducible():
