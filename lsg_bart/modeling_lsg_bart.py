@@ -471,10 +471,19 @@ class LSGBartEncoderLayer(BartEncoderLayer):
         """Residual and layer norm, then BART's feed-forward block: (n, chunk, d_model) -> (n, chunk, d_model)."""
         attended = F.dropout(attended, p=self.dropout, training=self.training)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        fed_forward = self.activation_fn(self.fc1(hidden_states))  # (n, chunk, ffn_dim)
-        fed_forward = F.dropout(fed_forward, p=self.activation_dropout, training=self.training)
-        fed_forward = F.dropout(self.fc2(fed_forward), p=self.dropout, training=self.training)
+        fed_forward = self.fc1(hidden_states)  # (n, chunk, ffn_dim)
+        if torch.is_grad_enabled():
+            # The activation's output is the largest tensor kept for the backward pass; recomputing it is cheap.
+            fed_forward = checkpoint(self.activate_and_project, fed_forward, use_reentrant=False)
+        else:
+            fed_forward = self.activate_and_project(fed_forward)
+        fed_forward = F.dropout(fed_forward, p=self.dropout, training=self.training)
         return self.final_layer_norm(hidden_states + fed_forward)
+
+    def activate_and_project(self, fed_forward):
+        """Activation, activation dropout and `fc2`: (n, chunk, ffn_dim) -> (n, chunk, d_model)."""
+        fed_forward = F.dropout(self.activation_fn(fed_forward), p=self.activation_dropout, training=self.training)
+        return self.fc2(fed_forward)
 
 
 class LSGBartPreTrainedModel(BartPreTrainedModel):
