@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, Pipeline, PreTrainedModel
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import (
     BartDecoder,
@@ -671,6 +673,15 @@ class LSGBartForQuestionAnswering(LSGBartPreTrainedModel, BartForQuestionAnsweri
 
 class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
     """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
+
+
+# Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only as `model.shared.weight`: read them
+# from there, so that the decoder alone loads from any LSG-BART checkpoint (saving writes them back there).
+register_checkpoint_conversion_mapping(
+    "LSGBartForCausalLM",
+    [WeightRenaming(source_patterns="model.shared.weight", target_patterns="model.decoder.embed_tokens.weight")],
+    overwrite=True,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------

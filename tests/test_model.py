@@ -195,6 +195,20 @@ def test_every_head_runs():
         assert causal(input_ids=input_ids[:, :20]).logits.shape == (2, 20, config.vocab_size)
 
 
+def test_causal_lm_loads_the_decoder_of_a_seq2seq_checkpoint(tmp_path):
+    seq2seq = LSGBartForConditionalGeneration(tiny_config()).eval()
+    seq2seq.save_pretrained(tmp_path / "seq2seq")
+    causal, info = LSGBartForCausalLM.from_pretrained(tmp_path / "seq2seq", output_loading_info=True)
+    assert not info["missing_keys"], info["missing_keys"]
+    assert torch.equal(causal.model.decoder.embed_tokens.weight, seq2seq.model.shared.weight)
+    assert torch.equal(causal.lm_head.weight, seq2seq.lm_head.weight)
+    causal.save_pretrained(tmp_path / "causal")
+    reloaded = LSGBartForCausalLM.from_pretrained(tmp_path / "causal")
+    input_ids = torch.randint(5, 100, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(input_ids=input_ids).logits, causal.eval()(input_ids=input_ids).logits)
+
+
 def test_input_longer_than_positions_or_unaligned_without_adaptive_is_refused():
     model = LSGBartModel(tiny_config(max_position_embeddings=256)).eval()
     with pytest.raises(ValueError, match="max_position_embeddings=256"):
