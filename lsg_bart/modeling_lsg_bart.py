@@ -43,6 +43,138 @@ from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
 TOKEN_CHUNK = 2048
 
 # ---------------------------------------------------------------------------------------------------------------
+# Linear layers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_onednn_linear():
+    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`), or None where this build of PyTorch lacks it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+ONEDNN_LINEAR = find_onednn_linear()
+
+
+def onednn_linear(x, weight, bias=None, activation="none"):
+    """`activation(x @ weight.T + bias)` in one oneDNN call; `activation` is "none" or "gelu" (the exact, erf one)."""
+    return ONEDNN_LINEAR(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
+
+
+def uses_onednn(x):
+    """Whether `linear` sends `x` to oneDNN: float32 on CPU, oneDNN enabled, no autocast (which picks its own dtype)."""
+    return (
+        ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """`F.linear` in float32 through oneDNN, forward and backward.
+
+    PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among them) runs without AVX-512 and
+    reaches half the rate oneDNN reaches on the same cores. The arithmetic is float32 either way.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(x, weight, bias)  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (m, out)
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_linear(grad_out, weight.t())  # (..., in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = onednn_linear(grad_rows.t(), x.reshape(-1, x.shape[-1]).t())  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)  # (out,)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x, weight, bias=None):
+    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x)`."""
+    if not uses_onednn(x):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return OneDNNLinear.apply(x, weight, bias)
+    return onednn_linear(x, weight, bias)
+
+
+def linear_gelu(x, weight, bias):
+    """`F.gelu(F.linear(x, weight, bias))`, in one oneDNN call where `uses_onednn(x)`; without autograd."""
+    if uses_onednn(x):
+        return onednn_linear(x, weight, bias, "gelu")
+    return F.gelu(F.linear(x, weight, bias))
+
+
+class RecomputedFeedForward(torch.autograd.Function):
+    """BART's feed-forward block without dropout, `fc2(gelu(fc1(x)))`, keeping only `x` for the backward pass.
+
+    fc1's output is 4x wider than `x` and the largest tensor a layer would keep; the backward pass recomputes it
+    with one product (a checkpoint would also run fc2 again).
+    Inputs: x (..., d_model), fc1's weight (ffn, d_model) and bias, fc2's weight (d_model, ffn) and bias.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
+        return linear(linear_gelu(x, fc1_weight, fc1_bias), fc2_weight, fc2_bias)  # (..., d_model)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+        hidden = linear(x, fc1_weight, fc1_bias)  # (..., ffn)
+        activated = F.gelu(hidden)
+        grad_hidden = torch.ops.aten.gelu_backward(linear(grad_out, fc2_weight.t()), hidden)  # (..., ffn)
+        del hidden
+        grad_x, *grads = (None,) * 5
+
+        def rows(t):
+            return t.reshape(-1, t.shape[-1])  # (m, features)
+
+        if ctx.needs_input_grad[3]:
+            grads[2] = linear(rows(grad_out).t(), rows(activated).t())  # (d_model, ffn)
+        if ctx.needs_input_grad[4]:
+            grads[3] = rows(grad_out).sum(0)
+        if ctx.needs_input_grad[1]:
+            grads[0] = linear(rows(grad_hidden).t(), rows(x).t())  # (ffn, d_model)
+        if ctx.needs_input_grad[2]:
+            grads[1] = rows(grad_hidden).sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_x = linear(grad_hidden, fc1_weight.t())  # (..., d_model)
+        return grad_x, *grads
+
+
+def is_plain_linear(layer):
+    """True for an `nn.Linear` without hooks: its weights can be used directly. Wrapped layers (LoRA, quantised
+    layers, hooks) are called as they are."""
+    return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+
+
+def project(layer, x):
+    """`layer(x)`, through `linear` when the layer is a plain `nn.Linear`."""
+    return linear(x, layer.weight, layer.bias) if is_plain_linear(layer) else layer(x)
+
+
+def dropout(x, p, training):
+    """`F.dropout`. On CPU, `F.dropout` keeps its float noise for the backward pass; this keeps a boolean mask."""
+    if training and 0 < p < 1 and x.device.type == "cpu":
+        return torch.native_dropout(x, p, True)[0]
+    return F.dropout(x, p=p, training=training)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Blocks and windows
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -338,10 +470,7 @@ class LSGSelfAttention(BartAttention):
         use_sdpa = self.config._attn_implementation != "eager"
         dropout = self.dropout if self.training else 0.0
 
-        # One matrix product for the three projections is faster than three.
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3*h*d, h*d)
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        query, key, value = F.linear(hidden_states, weight, bias).split(h * d, dim=-1)  # 3 x (n, T, h*d)
+        query, key, value = self.project_qkv(hidden_states)  # 3 x (n, T, h*d)
         query = query.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
         if T <= 2 * bs + G:
             key = key.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
@@ -357,7 +486,16 @@ class LSGSelfAttention(BartAttention):
             value = split_heads_with_margin(value, h, margin, bs)
             out = self.lsg_attention(query, key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
 
-        return self.out_proj(out.reshape(n, T, h * d)), None
+        return project(self.out_proj, out.reshape(n, T, h * d)), None
+
+    def project_qkv(self, hidden_states):
+        """Queries, keys and values, each (n, T, h*d); one matrix product when the three layers are plain."""
+        layers = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(is_plain_linear(layer) for layer in layers):
+            return tuple(layer(hidden_states) for layer in layers)
+        weight = torch.cat([layer.weight for layer in layers])  # (3*h*d, h*d)
+        bias = torch.cat([layer.bias for layer in layers]) if all(layer.bias is not None for layer in layers) else None
+        return linear(hidden_states, weight, bias).split(self.embed_dim, dim=-1)
 
     def lsg_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
         """Global rows attend to everything; each block of the rest to global + sparse window + local window.
@@ -459,6 +597,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
         super().__init__(config, layer_idx)
         self.self_attn = LSGSelfAttention(config, layer_idx)
+        self.exact_gelu = config.activation_function == "gelu"
 
     def forward(self, hidden_states, attention_mask, **kwargs):
         attended, _ = self.self_attn(hidden_states, attention_mask=attention_mask, **kwargs)  # (n, T, d_model)
@@ -471,21 +610,44 @@ class LSGBartEncoderLayer(BartEncoderLayer):
 
     def after_attention(self, hidden_states, attended):
         """Residual and layer norm, then BART's feed-forward block: (n, chunk, d_model) -> (n, chunk, d_model)."""
-        attended = F.dropout(attended, p=self.dropout, training=self.training)
+        attended = dropout(attended, self.dropout, self.training)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        fed_forward = self.fc1(hidden_states)  # (n, chunk, ffn_dim)
         if torch.is_grad_enabled():
-            # The activation's output is the largest tensor kept for the backward pass; recomputing it is cheap.
-            fed_forward = checkpoint(self.activate_and_project, fed_forward, use_reentrant=False)
+            fed_forward = self.feed_forward_for_training(hidden_states)
         else:
-            fed_forward = self.activate_and_project(fed_forward)
-        fed_forward = F.dropout(fed_forward, p=self.dropout, training=self.training)
+            fed_forward = self.project_down(self.fc1_activated(hidden_states))
+        fed_forward = dropout(fed_forward, self.dropout, self.training)
         return self.final_layer_norm(hidden_states + fed_forward)
+
+    def plain_gelu_block(self):
+        """Whether the feed-forward block is plain linear layers with biases around the exact GELU."""
+        layers = (self.fc1, self.fc2)
+        return self.exact_gelu and all(is_plain_linear(layer) and layer.bias is not None for layer in layers)
+
+    def feed_forward_for_training(self, hidden_states):
+        """The feed-forward block with autograd, keeping less than fc1's 4x-wide output for the backward pass."""
+        autocast = torch.is_autocast_enabled(hidden_states.device.type)  # its backward would get mixed dtypes
+        if self.plain_gelu_block() and (self.activation_dropout == 0 or not self.training) and not autocast:
+            fc1, fc2 = self.fc1, self.fc2
+            return RecomputedFeedForward.apply(hidden_states, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        # Otherwise the activation's output, the largest tensor, is recomputed instead of kept.
+        fed_forward = project(self.fc1, hidden_states)  # (n, chunk, ffn_dim)
+        return checkpoint(self.activate_and_project, fed_forward, use_reentrant=False)
+
+    def fc1_activated(self, hidden_states):
+        """The activation of `fc1`'s output, (n, chunk, ffn_dim); one oneDNN call for float32 GELU on CPU."""
+        if self.plain_gelu_block():
+            return linear_gelu(hidden_states, self.fc1.weight, self.fc1.bias)
+        return self.activation_fn(project(self.fc1, hidden_states))
 
     def activate_and_project(self, fed_forward):
         """Activation, activation dropout and `fc2`: (n, chunk, ffn_dim) -> (n, chunk, d_model)."""
-        fed_forward = F.dropout(self.activation_fn(fed_forward), p=self.activation_dropout, training=self.training)
-        return self.fc2(fed_forward)
+        return self.project_down(self.activation_fn(fed_forward))
+
+    def project_down(self, activated):
+        """Activation dropout and `fc2`: (n, chunk, ffn_dim) -> (n, chunk, d_model)."""
+        activated = dropout(activated, self.activation_dropout, self.training)
+        return project(self.fc2, activated)
 
 
 class LSGBartPreTrainedModel(BartPreTrainedModel):
@@ -577,7 +739,7 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         global_tokens = self.global_embeddings.weight[:G].unsqueeze(0).expand(n, -1, -1)  # (n, G, d_model)
         hidden_states = torch.cat([global_tokens.to(inputs_embeds.dtype), inputs_embeds + positions], dim=1)
         hidden_states = self.layernorm_embedding(hidden_states)  # (n, T, d_model)
-        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = dropout(hidden_states, self.dropout, self.training)
         visible = F.pad(visible, (G, 0), value=True)  # (n, T)
 
         for layer in self.layers:

@@ -78,6 +78,8 @@ report = {{
 }}
 with open(os.path.join(os.environ["LSG_TEST_REPORT_DIR"], f"rank{{args.process_index}}.json"), "w") as f:
     json.dump(report, f)
+# Left to interpreter shutdown, gloo's threads are sometimes torn down mid-flight (SIGABRT, "terminate called").
+dist.destroy_process_group()
 """
 
 

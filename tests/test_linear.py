@@ -1,0 +1,156 @@
+"""The linear layers of the LSG encoder: oneDNN for float32 on CPU, the same numbers as `F.linear`."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import padded_batch, tiny_config
+from torch import nn
+
+from lsg_bart import LSGBartModel
+from lsg_bart import modeling_lsg_bart as modeling
+from lsg_bart.modeling_lsg_bart import ONEDNN_LINEAR, RecomputedFeedForward, linear
+
+needs_onednn = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN linear kernel")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(37, 24), (2, 37, 24)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_matches_f_linear_forward_and_backward(shape, with_bias):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator)
+    weight = torch.randn(40, 24, generator=generator)
+    bias = torch.randn(40, generator=generator) if with_bias else None
+    grad_out = torch.randn(*shape[:-1], 40, generator=generator)
+    results = []
+    for function in (linear, F.linear):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias) if t is not None]
+        out = function(*leaves) if with_bias else function(*leaves, None)
+        out.backward(grad_out)
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    (ours, our_grads), (expected, expected_grads) = results
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    for grad, expected_grad in zip(our_grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("frozen_fc1", [False, True])
+def test_recomputed_feed_forward_matches_autograd(onednn, frozen_fc1):
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(24, 40), nn.Linear(40, 24)
+    fc1.requires_grad_(not frozen_fc1)
+    x = torch.randn(2, 37, 24)
+    grad_out = torch.randn(2, 37, 24)
+    results = []
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        for recomputed in (True, False):
+            leaf = x.clone().requires_grad_()
+            if recomputed:
+                out = RecomputedFeedForward.apply(leaf, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+            else:
+                out = fc2(F.gelu(fc1(leaf)))
+            out.backward(grad_out)
+            grads = [leaf.grad] + [p.grad for p in (*fc1.parameters(), *fc2.parameters())]
+            results.append((out.detach(), grads))
+            for p in (*fc1.parameters(), *fc2.parameters()):
+                p.grad = None
+    (ours, our_grads), (expected, expected_grads) = results
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    for grad, expected_grad in zip(our_grads, expected_grads):
+        if expected_grad is None:
+            assert grad is None
+        else:
+            torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+def count_onednn_calls(monkeypatch):
+    calls = []
+
+    def counting(*args):
+        calls.append(args[3])  # the fused activation
+        return ONEDNN_LINEAR(*args)
+
+    monkeypatch.setattr(modeling, "ONEDNN_LINEAR", counting)
+    return calls
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # printed by torch.backends.mkldnn.flags on CPU builds
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_encoder_with_and_without_onednn_gives_the_same_outputs_and_gradients(attn_implementation, monkeypatch):
+    config = tiny_config(dropout=0.0, attention_dropout=0.0, attn_implementation=attn_implementation)
+    model = LSGBartModel(config).train()
+    input_ids, attention_mask = padded_batch([300, 237])
+    calls = count_onednn_calls(monkeypatch)
+
+    def run():
+        with torch.no_grad():
+            inferred = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out.pow(2).mean().backward()
+        grads = {name: p.grad.clone() for name, p in model.encoder.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return inferred, out.detach(), grads
+
+    inferred, trained, grads = run()
+    assert "gelu" in calls and "none" in calls  # fc1 fused with its activation, and plain products
+    with torch.backends.mkldnn.flags(enabled=False):
+        calls.clear()
+        expected_inferred, expected_trained, expected_grads = run()
+        assert not calls
+    torch.testing.assert_close(inferred, expected_inferred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trained, expected_trained, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys() and any("fc1" in name for name in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+SCALE = 100.0  # large enough to change the attention of a freshly initialised model
+
+
+class Scaled(nn.Module):
+    """A wrapped layer (as LoRA or quantisation wrap them): its own forward must run."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return SCALE * self.layer(x)
+
+
+@pytest.mark.parametrize("name", ["q_proj", "out_proj", "fc1", "fc2"])
+def test_wrapped_or_hooked_linear_layers_run_their_own_forward(name):
+    model = LSGBartModel(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch([300, 237])
+
+    def encode():
+        with torch.no_grad():
+            return model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def layer_owner(layer):
+        return layer.self_attn if name.endswith("proj") else layer
+
+    originals = [getattr(layer_owner(layer), name) for layer in model.encoder.layers]
+    with torch.no_grad():
+        for layer in originals:
+            layer.weight.mul_(SCALE)
+            layer.bias.mul_(SCALE)
+    expected = encode()
+    with torch.no_grad():
+        for layer in originals:
+            layer.weight.div_(SCALE)
+            layer.bias.div_(SCALE)
+    plain = encode()
+    for layer, original in zip(model.encoder.layers, originals):
+        setattr(layer_owner(layer), name, Scaled(original))
+    wrapped = encode()
+    for layer, original in zip(model.encoder.layers, originals):
+        original.register_forward_hook(lambda module, args, output: SCALE * output)
+        setattr(layer_owner(layer), name, original)
+    hooked = encode()
+    assert not torch.allclose(plain, expected, atol=1e-2)
+    torch.testing.assert_close(wrapped, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hooked, expected, atol=1e-4, rtol=1e-4)
