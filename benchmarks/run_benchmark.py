@@ -6,11 +6,14 @@ growth is its own. Each subprocess builds one encoder with random weights at bar
 measures the resident memory, runs one warm-up and then `--repeats` timed runs (2 when the warm-up is slow),
 and reports the median time and the peak resident memory growth ("extra MB").
 
-The run writes `results.json`, `results.md` and `results.png` to `--out-dir`. Figures of the original LSG
-implementation (which cannot run on transformers 5) can be added from a file with `--original`.
+The run writes `results.json`, `results.md` and `results.png` to `--out-dir`. The original LSG implementation
+(lsg-converter 0.1.9) cannot run on transformers 5: `--original-python` measures it in the same run, in
+subprocesses of another interpreter that has transformers 4.38 (this file is its worker too, so it imports only
+the standard library at module level); `--original` adds its figures from a file instead.
 
 Examples:
     python benchmarks/run_benchmark.py                                  # full grid (about an hour)
+    python benchmarks/run_benchmark.py --original-python orig/bin/python
     python benchmarks/run_benchmark.py --original benchmarks/anchors_original.json
     python benchmarks/run_benchmark.py --quick                          # smoke test, < 1 min
     python benchmarks/run_benchmark.py --impls lsg_norm,bart_sdpa --lengths 1024,4096 --modes infer
@@ -110,7 +113,12 @@ IMPLS = [
          {"block_size": 64, "num_random_blocks": 3, "attention_type": "block_sparse"}, True,
          mem={"infer": (0.21, 4.3e-5), "train": (0.72, 1.5e-4)}),
 ]
-IMPLS_BY_KEY = {impl.key: impl for impl in IMPLS}
+# The original implementation (lsg-converter 0.1.9) in the main setting. It needs transformers 4.38, so it runs
+# only with --original-python, in that interpreter; its memory estimate comes from anchors_original.json.
+ORIGINAL_IMPL = Impl("lsg_original", "lsg_original", "norm b128 s128 f2", "original",
+                     {"sparsity_type": "norm", **MAIN_LSG}, True,
+                     mem={"infer": (0.09, 8.3e-6), "train": (0.85, 0.0)})
+IMPLS_BY_KEY = {impl.key: impl for impl in [*IMPLS, ORIGINAL_IMPL]}
 QUICK_IMPLS = ("lsg_norm", "lsg_bf16", "bart_sdpa")
 QUICK_TRAIN = ("lsg_norm",)  # the smoke grid trains only this one, to stay well under a minute
 
@@ -158,6 +166,11 @@ def build_encoder(impl: Impl, size: dict, length: int):
 
         positions = round_up(length, impl.options["block_size"])
         return LSGBartEncoder(LSGBartConfig(max_position_embeddings=positions, **common, **impl.options))
+    if impl.family == "original":  # only in the --original-python interpreter (transformers 4.38)
+        from lsg_converter.bart.modeling_lsg_bart import LSGBartConfig, LSGBartEncoder
+
+        positions = round_up(length, impl.options["block_size"])
+        return LSGBartEncoder(LSGBartConfig(max_position_embeddings=positions, **common, **impl.options))
     if impl.family == "bart":
         from transformers import BartConfig
         from transformers.models.bart.modeling_bart import BartEncoder
@@ -180,7 +193,10 @@ def build_encoder(impl: Impl, size: dict, length: int):
 
 
 def make_inputs(impl: Impl, size: dict, length: int, seed: int) -> dict:
-    """Random token ids (batch 1) with an all-ones attention mask; LED gets global attention on token 0."""
+    """Random token ids (batch 1) with an all-ones attention mask; LED gets global attention on token 0.
+
+    The original's encoder gets `return_dict=True`: without it, it returns a tuple whatever its config says.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -192,6 +208,8 @@ def make_inputs(impl: Impl, size: dict, length: int, seed: int) -> dict:
         global_mask = torch.zeros(1, length, dtype=torch.long)
         global_mask[:, 0] = 1
         inputs["global_attention_mask"] = global_mask
+    if impl.family == "original":
+        inputs["return_dict"] = True
     return inputs
 
 
@@ -342,14 +360,14 @@ def worker_main(task_path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_in_subprocess(task: dict, timeout: float) -> dict:
-    """Run `task` with `--worker` in a fresh Python process; returns its result or a status with a note."""
+def run_in_subprocess(task: dict, timeout: float, python: str = sys.executable) -> dict:
+    """Run `task` with `--worker` in a fresh process of `python`; returns its result or a status with a note."""
     with tempfile.TemporaryDirectory(prefix="lsg-bench-") as tmp:
         task_path, result_path = Path(tmp) / "task.json", Path(tmp) / "result.json"
         task_path.write_text(json.dumps({**task, "result_path": str(result_path)}))
         threads = str(task["threads"])
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(task_path)]
+        command = [python, str(Path(__file__).resolve()), "--worker", str(task_path)]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
@@ -364,16 +382,50 @@ def run_in_subprocess(task: dict, timeout: float) -> dict:
         return {"status": "error", "note": note[:300]}
 
 
-def select_impls(names: str | None, quick: bool) -> list[Impl]:
-    """The implementations named in `--impls` (comma-separated keys), or the default ones."""
+def select_impls(names: str | None, quick: bool, original_python: str | None) -> list[Impl]:
+    """The implementations named in `--impls` (comma-separated keys), or the default ones.
+
+    The original implementation needs `--original-python`; given one, the default grids include it.
+    """
     if names is None:
-        return [IMPLS_BY_KEY[key] for key in QUICK_IMPLS] if quick else list(IMPLS)
+        defaults = [IMPLS_BY_KEY[key] for key in QUICK_IMPLS] if quick else list(IMPLS)
+        return defaults + ([ORIGINAL_IMPL] if original_python else [])
     selected = []
     for name in (part.strip() for part in names.split(",") if part.strip()):
         if name not in IMPLS_BY_KEY:
             raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join(IMPLS_BY_KEY)}")
+        if name == ORIGINAL_IMPL.key and not original_python:
+            raise SystemExit(f"{name} runs in another interpreter: name it with --original-python (see --help)")
         selected.append(IMPLS_BY_KEY[name])
     return selected
+
+
+# Run by the --original-python interpreter: import the original's module, print the versions as JSON.
+ORIGINAL_CHECK = """
+import importlib.metadata, json, platform
+import lsg_converter.bart.modeling_lsg_bart
+packages = ("torch", "transformers", "lsg-converter")
+print(json.dumps({"python": platform.python_version(), **{p: importlib.metadata.version(p) for p in packages}}))
+"""
+
+
+def check_original_python(path: str) -> dict:
+    """The versions that the interpreter `path` runs the original with; exits with a message if it cannot."""
+    install = f"{path} -m pip install torch transformers==4.38.2 lsg-converter==0.1.9"
+    try:
+        proc = subprocess.run([path, "-c", ORIGINAL_CHECK], capture_output=True, text=True, timeout=300)
+    except OSError as error:
+        raise SystemExit(f"--original-python {path}: cannot run this interpreter ({error.strerror})") from None
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise SystemExit(f"--original-python {path} cannot import lsg_converter.bart.modeling_lsg_bart ({reason}); "
+                         f"install it there with `{install}`")
+    versions = json.loads(proc.stdout.strip().splitlines()[-1])
+    if versions["lsg-converter"] != "0.1.9" or not versions["transformers"].startswith("4.38."):
+        print(f"warning: --original-python has lsg-converter {versions['lsg-converter']} and transformers "
+              f"{versions['transformers']}; the figures are meant for 0.1.9 on 4.38.x", flush=True)
+    return {"path": path, **versions}
 
 
 def training_keys(impls, explicit_impls: bool, quick: bool) -> set:
@@ -474,7 +526,8 @@ def run_grid(plan, args, size, results, save) -> list[dict]:
                 "slow_s": args.slow_s,
                 "seed": args.seed,
             }
-            row.update(run_in_subprocess(task, args.timeout))
+            python = args.original_python if impl.family == "original" else sys.executable
+            row.update(run_in_subprocess(task, args.timeout, python))
             if row["status"] == "ok":
                 row["tokens_per_s"] = length / row["median_s"]
                 row.setdefault("note", "")
@@ -585,15 +638,26 @@ def load_original(path: str | None) -> dict | None:
     return {**{k: v for k, v in data.items() if k != "rows"}, "label": label, "rows": rows}
 
 
+def measured_original(rows) -> bool:
+    """Whether this run measured the original implementation itself (`lsg_original` rows, failed ones too)."""
+    return any(row["key"] == ORIGINAL_IMPL.key for row in rows)
+
+
 def original_comparison(rows, original: dict | None, size_name: str) -> list[dict]:
     """Speed-up (original time / this project's time) and memory ratio where both were measured.
 
-    Only for runs at bart-base size, the size of the original's figures.
+    The original's figures are this run's `lsg_original` rows when it measured them; else those of the
+    `--original` file, only for runs at bart-base size (the size of the file's figures). Failed `lsg_original`
+    settings are not replaced by the file's figures: those come from another day.
     """
-    if not original or size_name != "base":
+    if measured_original(rows):
+        originals = [row for row in rows if row["key"] == ORIGINAL_IMPL.key and row.get("status") == "ok"]
+    elif original and size_name == "base":
+        originals = original["rows"]
+    else:
         return []
     comparison = []
-    for old in original["rows"]:
+    for old in originals:
         new = find_row(rows, impl="lsg", setting=old["setting"], mode=old["mode"], length=old["length"])
         if new is None:
             continue
@@ -602,6 +666,7 @@ def original_comparison(rows, original: dict | None, size_name: str) -> list[dic
                 "setting": old["setting"],
                 "mode": old["mode"],
                 "length": old["length"],
+                "original_source": old["source"],
                 "original_s": old["median_s"],
                 "lsg_bart_s": new["median_s"],
                 "speedup": old["median_s"] / new["median_s"],
@@ -649,8 +714,8 @@ def markdown_header(results: dict) -> list[str]:
     return [
         f"# lsg-bart benchmark, {meta['date']}",
         "",
-        f"{meta['cpu']}; {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}; "
-        f"load average {meta.get('load_average_start', float('nan')):.1f} before the run; "
+        f"{meta['cpu']}; {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}"
+        f"{original_versions(meta)}; load average {meta.get('load_average_start', float('nan')):.1f} before the run; "
         f"command `{meta.get('command', '')}`.",
         f"Encoder only, batch 1, random weights, model size `{meta['size_name']}`: d_model {size['d_model']}, "
         f"{size['heads']} heads, ffn {size['ffn']}, {size['layers']} layers. fp32 unless marked bf16. "
@@ -668,6 +733,15 @@ def markdown_header(results: dict) -> list[str]:
         f"{lsg_keys_per_query(MAIN_LSG)} keys per query, at the fp32 matmul rate): {floor}.",
         "",
     ]
+
+
+def original_versions(meta: dict) -> str:
+    """", lsg_original on ..." naming the --original-python interpreter and its versions, or "" without one."""
+    original = meta.get("original_python")
+    if not original:
+        return ""
+    return (f" (lsg_original: lsg-converter {original['lsg-converter']}, torch {original['torch']}, "
+            f"transformers {original['transformers']}, Python {original['python']}, run by `{original['path']}`)")
 
 
 def markdown_results(rows, mode: str) -> list[str]:
@@ -724,25 +798,9 @@ def markdown_bf16(comparison) -> list[str]:
     return lines + [""]
 
 
-def markdown_original(original: dict | None, comparison, size_name: str) -> list[str]:
-    """Speed-up over the original implementation."""
-    if not original:
-        return []
+def comparison_table(comparison) -> list[str]:
+    """The speed-up and memory-ratio table of the original comparison."""
     lines = [
-        f"## lsg-bart vs the original implementation",
-        "",
-        f"Original figures: {original['label']}, from `{original['rows'][0]['source'] if original['rows'] else ''}`"
-        f" (transformers {original.get('transformers', '?')}, matmul rate {original.get('matmul_gflops', '?')} "
-        "GFLOP/s on that run; its LSG-floor fractions use that rate). speed-up = original time / lsg-bart time; "
-        "memory ratio = original extra MB / lsg-bart extra MB.",
-        "",
-    ]
-    if size_name != "base":
-        note = f"No comparison: this run used model size `{size_name}`, the original's figures are at base size."
-        return lines + [note, ""]
-    if not comparison:
-        return lines + ["No setting was measured by both.", ""]
-    lines += [
         "| setting | mode | length | original s | lsg-bart s | speed-up | original extra MB | lsg-bart extra MB "
         "| memory ratio |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -754,7 +812,58 @@ def markdown_original(original: dict | None, comparison, size_name: str) -> list
             fmt(c["lsg_bart_extra_mb"], "{:.0f}"), fmt(c["memory_ratio"], "{:.2f}x"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines
+
+
+def original_file_source(original: dict) -> str:
+    """The file that the original's figures came from."""
+    return original["rows"][0]["source"] if original["rows"] else ""
+
+
+def markdown_original(results: dict) -> list[str]:
+    """Speed-up over the original implementation: measured in this run (`lsg_original`), else from the file."""
+    original, comparison = results["original"], results["comparisons"]["original"]
+    ratios = "speed-up = original time / lsg-bart time; memory ratio = original extra MB / lsg-bart extra MB."
+    if measured_original(results["rows"]):
+        lines = [
+            "## lsg-bart vs the original implementation (measured in this run)",
+            "",
+            "Original: the `lsg_original` rows, measured in this run like every other setting (fresh process, same "
+            f"threads, size, seed and lengths) by another interpreter{original_versions(results['meta'])}. {ratios}",
+        ]
+        if original:
+            lines.append(
+                f"The figures from `{original_file_source(original)}` ({original['label']}) come from another run: "
+                "they are listed in the tables above, but neither compared here nor plotted."
+            )
+        lines.append("")
+        if not comparison:
+            return lines + ["No setting was measured by both `lsg_original` and `lsg`.", ""]
+        return lines + comparison_table(comparison) + [""]
+    if not original:
+        return []
+    lines = [
+        "## lsg-bart vs the original implementation",
+        "",
+        f"Original figures: {original['label']}, from `{original_file_source(original)}` (transformers "
+        f"{original.get('transformers', '?')}, matmul rate {original.get('matmul_gflops', '?')} GFLOP/s on that "
+        f"run; its LSG-floor fractions use that rate). {ratios}",
+        "",
+    ]
+    size_name = results["meta"]["size_name"]
+    if size_name != "base":
+        note = f"No comparison: this run used model size `{size_name}`, the original's figures are at base size."
+        return lines + [note, ""]
+    if not comparison:
+        return lines + ["No setting was measured by both.", ""]
+    return lines + comparison_table(comparison) + [""]
+
+
+def plotted_rows(results: dict) -> list[dict]:
+    """This run's rows, and the file's figures of the original unless this run measured the original itself."""
+    if results["original"] and not measured_original(results["rows"]):
+        return results["rows"] + results["original"]["rows"]
+    return results["rows"]
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -766,7 +875,7 @@ def write_markdown(results: dict, path: Path) -> None:
         if any(row["mode"] == mode for row in rows):
             lines += [f"## {titles[mode]}", ""] + markdown_results(rows, mode) + [""]
     lines += markdown_bf16(results["comparisons"]["bf16"])
-    lines += markdown_original(results["original"], results["comparisons"]["original"], results["meta"]["size_name"])
+    lines += markdown_original(results)
     lines.append("Plot: `results.png` (time and extra memory against length, log-log).")
     path.write_text("\n".join(lines) + "\n")
 
@@ -782,15 +891,17 @@ def series(rows, mode: str) -> dict:
 
 
 def line_style(points) -> dict:
-    """The original's figures dashed with open squares, this project's LSG solid, the peers dash-dotted."""
+    """The original dashed with squares (open: the file's), this project's LSG solid, the peers dash-dotted."""
     if points[0]["key"] == "original":
         return {"linestyle": "--", "marker": "s", "markerfacecolor": "none"}
+    if points[0]["key"] == ORIGINAL_IMPL.key:
+        return {"linestyle": "--", "marker": "s"}
     return {"linestyle": "-" if points[0]["impl"].startswith("lsg") else "-.", "marker": "o"}
 
 
 def color_key(points) -> str:
     """Rows of the original share the colour of this project's LSG rows with the same setting."""
-    impl = "lsg" if points[0]["key"] == "original" else points[0]["impl"]
+    impl = "lsg" if points[0]["key"] in ("original", ORIGINAL_IMPL.key) else points[0]["impl"]
     return f"{impl} {points[0]['setting']}"
 
 
@@ -826,7 +937,7 @@ def write_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"] + (results["original"]["rows"] if results["original"] else [])
+    rows = plotted_rows(results)
     modes = [mode for mode in MODES if any(row["mode"] == mode for row in rows)] or ["infer"]
     fig, axes = plt.subplots(len(modes), 2, figsize=(15, 5.5 * len(modes)), squeeze=False)
     keys = sorted({color_key(points) for mode in modes for points in series(rows, mode).values()})
@@ -864,22 +975,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Each setting runs in a fresh subprocess; results go to "
         "results.json, results.md and results.png in --out-dir.",
-        epilog=f"Implementations: {keys}. Default grid: all of them at 1024/4096/8192/16384 tokens in inference; "
-        "lsg_norm, bart_sdpa, bart_eager, led_w256, led_w1024 and bigbird also in training (with --impls, every "
-        "listed one in every mode). Each setting: encoder only, batch 1, random weights, one warm-up then the "
-        "median of --repeats runs; extra MB = peak RSS growth over the built model; train = forward + backward "
-        "of mean(hidden states), dropout 0.1. Settings whose estimated memory exceeds --max-mem-gb are skipped "
-        "with a note (e.g. bart_eager at 16384 tokens). The fp32/bf16 matmul rate and the LSG floor (FLOPs of the "
-        "LSG encoder at that rate) are printed first. See docs/benchmark.md.",
+        epilog=f"Implementations: {keys}. Default grid: all of them at 1024/4096/8192/16384 tokens in inference "
+        "(lsg_original only with --original-python); lsg_norm, bart_sdpa, bart_eager, led_w256, led_w1024, bigbird "
+        "and lsg_original also in training (with --impls, every listed one in every mode). Each setting: encoder "
+        "only, batch 1, random weights, one warm-up then the median of --repeats runs; extra MB = peak RSS growth "
+        "over the built model; train = forward + backward of mean(hidden states), dropout 0.1. Settings whose "
+        "estimated memory exceeds --max-mem-gb are skipped with a note (e.g. bart_eager at 16384 tokens). The "
+        "fp32/bf16 matmul rate and the LSG floor (FLOPs of the LSG encoder at that rate) are printed first. See "
+        "docs/benchmark.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="comma-separated token counts")
-    parser.add_argument("--impls", default=None, help="comma-separated implementation keys; all when omitted")
+    parser.add_argument("--impls", default=None, help="comma-separated implementation keys; the default grid "
+                        "when omitted")
     parser.add_argument("--modes", default="infer,train", help="comma-separated: infer, train")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
     parser.add_argument("--slow-s", type=float, default=10.0, help="use at most 2 runs when the warm-up is slower")
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="where results.{json,md,png} go")
-    parser.add_argument("--original", default=None, help="JSON file with the original implementation's figures")
+    parser.add_argument("--original", default=None,
+                        help="JSON file with the original implementation's figures, measured another day; listed "
+                        "in the tables, and compared and plotted unless --original-python measures the original")
+    parser.add_argument("--original-python", default=None, metavar="PATH",
+                        help="a Python interpreter whose environment has lsg-converter 0.1.9 and transformers "
+                        "4.38.x, e.g. orig/bin/python after `python -m venv orig && orig/bin/pip install torch "
+                        "transformers==4.38.2 lsg-converter==0.1.9`; it runs the original implementation "
+                        "(lsg_original, added to the default grids) in the same run, for speed-ups measured together")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per setting")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per-setting time limit in seconds")
     parser.add_argument("--max-mem-gb", type=float, default=default_max_mem_gb(),
@@ -887,8 +1007,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="base", help="encoder size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke grid: tiny model, 1024 tokens, lsg_norm/lsg_bf16/bart_sdpa in inference and "
-                        "lsg_norm in training, 1 run")
+                        help="smoke grid: tiny model, 1024 tokens, lsg_norm/lsg_bf16/bart_sdpa (and lsg_original "
+                        "with --original-python) in inference and lsg_norm in training, 1 run")
     parser.add_argument("--from-json", default=None, help="only rewrite the markdown and plot from a results.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -958,10 +1078,14 @@ def main(argv=None) -> None:
         return
 
     size = MODEL_SIZES[args.size]
-    impls = select_impls(args.impls, args.quick)
+    impls = select_impls(args.impls, args.quick, args.original_python)
     train_keys = training_keys(impls, explicit_impls=args.impls is not None, quick=args.quick)
     plan = plan_grid(impls, args.modes, args.lengths, train_keys)
     results = {"meta": machine_meta(args), "rows": []}
+    if args.original_python:
+        original_python = results["meta"]["original_python"] = check_original_python(args.original_python)
+        print(f"lsg_original: lsg-converter {original_python['lsg-converter']} on transformers "
+              f"{original_python['transformers']}, run by {args.original_python}", flush=True)
     json_path = out_dir / "results.json"
 
     def save(partial):

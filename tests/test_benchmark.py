@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from argparse import Namespace
@@ -103,7 +104,7 @@ def test_default_grid_and_memory_skips():
     trained = {impl.key for impl, mode, _ in plan if mode == "train"}
     assert trained == {"lsg_norm", "bart_sdpa", "bart_eager", "led_w256", "led_w1024", "bigbird"}
     inferred = {impl.key for impl, mode, _ in plan if mode == "infer"}
-    assert inferred == set(bench.IMPLS_BY_KEY)
+    assert inferred == {impl.key for impl in bench.IMPLS}  # lsg_original needs --original-python
 
     eager = bench.IMPLS_BY_KEY["bart_eager"]
     assert bench.skip_reason(eager, "infer", 8192, args, base, {}) is None
@@ -112,6 +113,15 @@ def test_default_grid_and_memory_skips():
     assert bench.skip_reason(lsg, "train", 16384, args, base, {}) is None
     failed = {("lsg_norm", "train"): "timeout"}
     assert "shorter length" in bench.skip_reason(lsg, "train", 16384, args, base, failed)
+
+
+def test_original_python_is_checked_before_the_run(tmp_path):
+    missing = tmp_path / "no-such-python"
+    with pytest.raises(SystemExit, match=re.escape(f"--original-python {missing}: cannot run this interpreter")):
+        bench.main(["--quick", "--original-python", str(missing), "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="lsg_original runs in another interpreter"):
+        bench.main(["--quick", "--impls", "lsg_original", "--out-dir", str(tmp_path)])
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_original_figures_and_comparison():
