@@ -326,8 +326,20 @@ def measure_setting(task: dict) -> dict:
     return result
 
 
+def matmul_kernels(torch) -> dict:
+    """The ways to multiply two matrices that PyTorch offers: `a @ b` (MKL for float32 on CPU, oneDNN for
+    bfloat16) and, where the build has it, oneDNN's linear kernel, which lsg-bart uses for float32."""
+    kernels = {"matmul": lambda a, b_t: a @ b_t.t()}
+    try:
+        onednn = torch.ops.mkldnn._linear_pointwise.default
+        kernels["onednn"] = lambda a, b_t: onednn(a, b_t, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        pass
+    return kernels
+
+
 def measure_matmul(task: dict) -> dict:
-    """Best GFLOP/s of a few matmul shapes in float32 and bfloat16, and the best over the shapes."""
+    """GFLOP/s of a few matmul shapes with each kernel of `matmul_kernels`, in float32 and bfloat16, and the best."""
     import torch
 
     torch.set_num_threads(task["threads"])
@@ -336,14 +348,15 @@ def measure_matmul(task: dict) -> dict:
         dtype = getattr(torch, dtype_name)
         per_shape = {}
         for m, k, n in task["shapes"]:
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            a @ b  # warm-up
-            best = float("inf")
-            for _ in range(task["repeats"]):
-                start = time.perf_counter()
-                a @ b
-                best = min(best, time.perf_counter() - start)
-            per_shape[f"{m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
+            a, b_t = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)  # a @ b_t.T: (m, n)
+            for kernel_name, kernel in matmul_kernels(torch).items():
+                kernel(a, b_t)  # warm-up
+                best = float("inf")
+                for _ in range(task["repeats"]):
+                    start = time.perf_counter()
+                    kernel(a, b_t)
+                    best = min(best, time.perf_counter() - start)
+                per_shape[f"{kernel_name} {m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
         rates[dtype_name] = {"shapes": per_shape, "best": max(per_shape.values())}
     return rates
 
