@@ -1,7 +1,8 @@
 """PyTorch LSG-BART: BART whose encoder self-attention is Local + Sparse + Global (LSG) attention.
 
-Reading order follows the design: how blocks and their neighbours are built, how sparse tokens are picked,
-how a set of keys is attended, then the attention layer, the encoder and the models.
+Reading order follows the design: the linear layers (float32 on CPU through oneDNN), how blocks and their
+neighbours are built, how sparse tokens are picked, how a set of keys is attended, then the attention layer, the
+encoder and the models.
 
 Shapes: n batch, h heads, T tokens with the global ones, t tokens without them (a multiple of the block size),
 d head dim, G global tokens, bs block size, nb = t / bs blocks, f sparsity factor, sbs sparse block size.

@@ -1,4 +1,5 @@
-"""The linear layers of the LSG encoder: oneDNN for float32 on CPU, the same numbers as `F.linear`."""
+"""The per-token layers of the LSG encoder: oneDNN linear layers for float32 on CPU (the same numbers as
+`F.linear`), the recomputed feed-forward block, dropout with boolean masks."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from lsg_bart import LSGBartModel
 from lsg_bart import modeling_lsg_bart as modeling
-from lsg_bart.modeling_lsg_bart import ONEDNN_LINEAR, RecomputedFeedForward, linear
+from lsg_bart.modeling_lsg_bart import ONEDNN_LINEAR, RecomputedFeedForward, dropout, linear
 
 needs_onednn = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN linear kernel")
 
@@ -154,3 +155,15 @@ def test_wrapped_or_hooked_linear_layers_run_their_own_forward(name):
     assert not torch.allclose(plain, expected, atol=1e-2)
     torch.testing.assert_close(wrapped, expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(hooked, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_zeroes_and_rescales_like_f_dropout():
+    x = torch.randn(4, 1000, 16, requires_grad=True)
+    out = dropout(x, 0.25, True)
+    kept = out != 0
+    assert 0.2 < 1 - kept.float().mean().item() < 0.3
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert dropout(x, 0.25, False) is x
+    assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x))
