@@ -49,11 +49,16 @@ TOKEN_CHUNK = 2048
 
 
 def find_onednn_linear():
-    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`), or None where this build of PyTorch lacks it."""
+    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`) on x86 processors, or None where this build of
+    PyTorch lacks it or it fails a one-line check (elsewhere `F.linear` is used)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):  # "AVX2", "AVX512": x86
+        return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
+        kernel = torch.ops.mkldnn._linear_pointwise.default
+        product = kernel(torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), "none", [], "")  # (2, 4), all 4
     except (AttributeError, RuntimeError):
         return None
+    return kernel if torch.equal(product, torch.full((2, 4), 4.0)) else None
 
 
 ONEDNN_LINEAR = find_onednn_linear()

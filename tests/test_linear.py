@@ -1,6 +1,8 @@
 """The per-token layers of the LSG encoder: oneDNN linear layers for float32 on CPU (the same numbers as
 `F.linear`), the recomputed feed-forward block, dropout with boolean masks."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +169,19 @@ def test_dropout_zeroes_and_rescales_like_f_dropout():
     torch.testing.assert_close(x.grad, kept.float() / 0.75)
     assert dropout(x, 0.25, False) is x
     assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x))
+
+
+@needs_onednn
+def test_onednn_kernel_is_only_used_where_it_is_available_and_correct(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")  # e.g. an ARM processor
+    assert modeling.find_onednn_linear() is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert modeling.find_onednn_linear() is ONEDNN_LINEAR
+    wrong = SimpleNamespace(default=lambda x, weight, *args: torch.zeros(x.shape[0], weight.shape[0]))
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", wrong)
+    assert modeling.find_onednn_linear() is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    assert modeling.find_onednn_linear() is None
+    # Without the kernel, `linear` is F.linear.
+    monkeypatch.setattr(modeling, "ONEDNN_LINEAR", None)
+    assert not modeling.uses_onednn(torch.ones(2, 3))
