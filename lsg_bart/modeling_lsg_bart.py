@@ -204,21 +204,30 @@ def split_heads_with_margin(x, heads, before, after):
     return out
 
 
-def sparse_windows(x, tokens_per_block, sparse_block_size, num_blocks):
-    """The compressed tokens just before and just after each block's local window.
+def pad_for_sparse_windows(x, tokens_per_block, sparse_block_size):
+    """(n, h, t/f, c) compressed tokens -> (n, h, t/f + 2*(sbs + tpb), c), zeros/False on both sides."""
+    margin = sparse_block_size + tokens_per_block
+    return F.pad(x, (0, 0, margin, margin))
 
-    x holds t/f compressed tokens, `tokens_per_block` (= bs/f) of them per block. Block i's local window covers
-    compressed positions [(i-1)*tpb, (i+2)*tpb); it sees `sbs` tokens before it and `sbs` after it.
-    Returns the two parts, each (n, h, nb, sbs, c); positions outside the sequence are 0/False.
+
+def sparse_windows(padded, tokens_per_block, sparse_block_size, first, blocks):
+    """The compressed tokens just before and just after the local windows of blocks [first, first + blocks).
+
+    `padded` comes from `pad_for_sparse_windows`: the t/f compressed tokens, `tokens_per_block` (= bs/f) of them
+    per block. Block i's local window covers compressed positions [(i-1)*tpb, (i+2)*tpb); it sees `sbs` tokens
+    before it and `sbs` after it. Returns the two parts as views, each (n, h, blocks, sbs, c); positions
+    outside the sequence are 0/False.
     """
     tpb, sbs = tokens_per_block, sparse_block_size
     # The original code starts the "after" part 2 positions early when tpb is odd; checkpoints expect it.
     after_shift = 2 if tpb % 2 == 1 else 0
-    padded = F.pad(x, (0, 0, sbs + tpb, sbs + tpb))  # (n, h, t/f + 2*(sbs + tpb), c)
+    span = (blocks - 1) * tpb + sbs  # the padded positions the group's windows cover
     # In padded coordinates block i's "before" part starts at i*tpb and its "after" part at i*tpb + sbs + 3*tpb.
-    before = padded.unfold(2, sbs, tpb)[:, :, :num_blocks]  # (n, h, nb, c, sbs)
-    after = padded[:, :, sbs + 3 * tpb - after_shift :].unfold(2, sbs, tpb)[:, :, :num_blocks]
-    return [before.transpose(-1, -2), after.transpose(-1, -2)]  # 2 x (n, h, nb, sbs, c)
+    parts = []
+    for offset in (0, sbs + 3 * tpb - after_shift):
+        begin = first * tpb + offset
+        parts.append(padded[:, :, begin : begin + span].unfold(2, sbs, tpb).transpose(-1, -2))  # (n, h, blocks, sbs, c)
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -535,31 +544,37 @@ class LSGSelfAttention(BartAttention):
         start = margin + G  # where the non-global tokens begin in `key` and `value`
 
         rest = (key[:, :, start : start + T - G], value[:, :, start : start + T - G], visible[:, :, G:])  # (n, h|1, t, d|1)
-        # Key sets as (key, value, visible) triples of shape (n, h|1, nb, k, d|1), in the spec's order:
-        # global tokens, the sparse window before and after the block, then the local window.
-        global_kv = (key[:, :, margin:start], value[:, :, margin:start], visible[:, :, :G])
-        context = [tuple(x.unsqueeze(2).expand(-1, -1, nb, -1, -1) for x in global_kv)]
-        if self.sparse_block_size > 0 and self.sparsity_type != "none":
+        global_kv = (key[:, :, margin:start], value[:, :, margin:start], visible[:, :, :G])  # (n, h|1, G, d|1)
+        tpb, sbs = bs // self.sparsity_factor, self.sparse_block_size
+        padded_sparse = []
+        if sbs > 0 and self.sparsity_type != "none":
             sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1] * self.scaling)
-            windows = [sparse_windows(x, bs // self.sparsity_factor, self.sparse_block_size, nb) for x in sparse]
-            context += list(zip(*windows))
+            padded_sparse = [pad_for_sparse_windows(x, tpb, sbs) for x in sparse]  # (n, h|1, t/f + margins, d|1)
         with_margins = (key[:, :, start - bs :], value[:, :, start - bs :], F.pad(rest[2], (0, 0, bs, bs)))
-        local = tuple(local_windows(x, bs) for x in with_margins)  # overlapping views (n, h|1, nb, 3*bs, d|1)
 
         block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d), a view
         two_parts = use_sdpa and can_attend_in_two_parts(block_query, dropout)
-        # Groups of blocks are attended one after the other, so that their joined key sets stay small.
+        # Groups of blocks are attended one after the other, so that their joined key sets stay small. Each
+        # group's windows are views cut from its own stretch of tokens: in the backward pass they fill gradients
+        # of that stretch, not zero-filled gradients the size of every window.
         group_size = max(1, TOKEN_CHUNK // bs)
         outputs = []
         for first in range(0, nb, group_size):
-            group = slice(first, first + group_size)
-            group_context = [tuple(x[:, :, group] for x in part) for part in context]
-            group_local = tuple(x[:, :, group] for x in local)
+            blocks = min(group_size, nb - first)
+            # Key sets as (key, value, visible) triples of shape (n, h|1, blocks, k, d|1), in the spec's order:
+            # global tokens, the sparse window before and after the block, then the local window.
+            group_context = [tuple(x.unsqueeze(2).expand(-1, -1, blocks, -1, -1) for x in global_kv)]
+            if padded_sparse:
+                windows = [sparse_windows(x, tpb, sbs, first, blocks) for x in padded_sparse]
+                group_context += list(zip(*windows))
+            stretch = slice(first * bs, (first + blocks + 2) * bs)  # the group's blocks and one on each side
+            group_local = tuple(local_windows(x[:, :, stretch], bs) for x in with_margins)  # (n, h|1, blocks, 3*bs, d|1)
+            group_query = block_query[:, first : first + blocks]
             if two_parts:
-                out = attend_in_two_parts(block_query[:, group], group_local, group_context, self.scaling)
+                out = attend_in_two_parts(group_query, group_local, group_context, self.scaling)
             else:
                 key_set, value_set, visible_set = batch_key_sets(group_context + [group_local], n, h)  # (n*h, g, K, d)
-                out = attend(block_query[:, group], key_set, value_set, visible_set, dropout, use_sdpa, self.scaling)
+                out = attend(group_query, key_set, value_set, visible_set, dropout, use_sdpa, self.scaling)
             outputs.append(out.view(n, h, -1, d))  # (n, h, g*bs, d)
         return tuple(outputs)
 
