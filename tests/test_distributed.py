@@ -78,8 +78,14 @@ report = {{
 }}
 with open(os.path.join(os.environ["LSG_TEST_REPORT_DIR"], f"rank{{args.process_index}}.json"), "w") as f:
     json.dump(report, f)
-# Left to interpreter shutdown, gloo's threads are sometimes torn down mid-flight (SIGABRT, "terminate called").
+# gloo's worker threads sometimes abort the process at interpreter shutdown (SIGABRT, "terminate called without an
+# active exception", pytorch/pytorch#190489): wait for both reports, close the group, and leave without running
+# the C++ static destructors.
+dist.barrier()
 dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
