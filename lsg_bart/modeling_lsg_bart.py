@@ -162,10 +162,18 @@ class RecomputedFeedForward(torch.autograd.Function):
         return grad_x, *grads
 
 
+class LSGLinear(nn.Linear):
+    """`nn.Linear` whose products go through `linear` (oneDNN for float32 on CPU). Same parameters and state dict;
+    the LSG-BART models turn their plain `nn.Linear` layers (BART's decoder, the heads) into these."""
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)
+
+
 def is_plain_linear(layer):
-    """True for an `nn.Linear` without hooks: its weights can be used directly. Wrapped layers (LoRA, quantised
-    layers, hooks) are called as they are."""
-    return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+    """True for an `nn.Linear` (or `LSGLinear`) without hooks: its weights can be used directly. Wrapped layers
+    (LoRA, quantised layers, hooks) are called as they are."""
+    return type(layer) in (nn.Linear, LSGLinear) and not (layer._forward_hooks or layer._forward_pre_hooks)
 
 
 def project(layer, x):
@@ -683,6 +691,13 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
     _can_compile_fullgraph = False
     # The heads average their loss over their own batch: Trainer must not rescale it (DDP, accumulation).
     accepts_loss_kwargs = False
+
+    def post_init(self):
+        super().post_init()
+        # Changing the class keeps each layer's parameters, hooks and tied weights as they are.
+        for module in self.modules():
+            if type(module) is nn.Linear:
+                module.__class__ = LSGLinear
 
 
 class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from conftest import padded_batch, tiny_config
 from torch import nn
 
-from lsg_bart import LSGBartModel
+from lsg_bart import LSGBartForConditionalGeneration, LSGBartModel
 from lsg_bart import modeling_lsg_bart as modeling
-from lsg_bart.modeling_lsg_bart import ONEDNN_LINEAR, RecomputedFeedForward, dropout, linear
+from lsg_bart.modeling_lsg_bart import ONEDNN_LINEAR, LSGLinear, RecomputedFeedForward, dropout, linear
 
 needs_onednn = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN linear kernel")
 
@@ -106,6 +106,36 @@ def test_encoder_with_and_without_onednn_gives_the_same_outputs_and_gradients(at
     torch.testing.assert_close(inferred, expected_inferred, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(trained, expected_trained, atol=1e-5, rtol=1e-5)
     assert grads.keys() == expected_grads.keys() and any("fc1" in name for name in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_seq2seq_model_with_and_without_onednn_gives_the_same_loss_gradients_and_generation(monkeypatch):
+    model = LSGBartForConditionalGeneration(tiny_config(dropout=0.0, attention_dropout=0.0))
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    assert all(type(module) is LSGLinear for module in linears)  # decoder, heads and encoder alike
+    assert model.lm_head.weight is model.model.shared.weight  # still tied
+    input_ids, attention_mask = padded_batch([300, 237])
+    labels = padded_batch([20, 14], seed=1)[0]
+    calls = count_onednn_calls(monkeypatch)
+
+    def run():
+        model.train()
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, num_beams=2)
+        return grads, generated
+
+    grads, generated = run()
+    assert len(calls) > 0
+    with torch.backends.mkldnn.flags(enabled=False):
+        expected_grads, expected_generated = run()
+    assert torch.equal(generated, expected_generated)
+    assert grads.keys() == expected_grads.keys() and any("decoder" in name for name in grads)
     for name in grads:
         torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
