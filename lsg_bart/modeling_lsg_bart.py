@@ -69,12 +69,15 @@ def onednn_linear(x, weight, bias=None, activation="none"):
     return ONEDNN_LINEAR(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
 
 
-def uses_onednn(x):
-    """Whether `linear` sends `x` to oneDNN: float32 on CPU, oneDNN enabled, no autocast (which picks its own dtype)."""
+def uses_onednn(x, weight):
+    """Whether `linear` sends `x @ weight.T` to oneDNN: plain float32 tensors on CPU (not tensor subclasses such as
+    quantised weights, which dispatch `F.linear` themselves), oneDNN enabled, no autocast (it picks its own dtype)."""
     return (
         ONEDNN_LINEAR is not None
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype == weight.dtype == torch.float32
+        and type(x) is torch.Tensor
+        and type(weight) in (torch.Tensor, nn.Parameter)
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
@@ -109,8 +112,8 @@ class OneDNNLinear(torch.autograd.Function):
 
 
 def linear(x, weight, bias=None):
-    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x)`."""
-    if not uses_onednn(x):
+    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x, weight)`."""
+    if not uses_onednn(x, weight):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return OneDNNLinear.apply(x, weight, bias)
@@ -118,8 +121,8 @@ def linear(x, weight, bias=None):
 
 
 def linear_gelu(x, weight, bias):
-    """`F.gelu(F.linear(x, weight, bias))`, in one oneDNN call where `uses_onednn(x)`; without autograd."""
-    if uses_onednn(x):
+    """`F.gelu(F.linear(x, weight, bias))`, in one oneDNN call where `uses_onednn(x, weight)`; without autograd."""
+    if uses_onednn(x, weight):
         return onednn_linear(x, weight, bias, "gelu")
     return F.gelu(F.linear(x, weight, bias))
 
@@ -680,7 +683,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
 
 
 class LSGBartPreTrainedModel(BartPreTrainedModel):
-    """Base class of the LSG-BART models: weight initialisation and loading of LSG checkpoints."""
+    """Base class of the LSG-BART models: weight initialisation, loading of LSG checkpoints, `LSGLinear` layers."""
 
     config_class = LSGBartConfig
     base_model_prefix = "model"

@@ -214,4 +214,18 @@ def test_onednn_kernel_is_only_used_where_it_is_available_and_correct(monkeypatc
     assert modeling.find_onednn_linear() is None
     # Without the kernel, `linear` is F.linear.
     monkeypatch.setattr(modeling, "ONEDNN_LINEAR", None)
-    assert not modeling.uses_onednn(torch.ones(2, 3))
+    assert not modeling.uses_onednn(torch.ones(2, 3), torch.ones(4, 3))
+
+
+class TaggedTensor(torch.Tensor):
+    """A tensor subclass standing for quantised or distributed weights, which handle `F.linear` themselves."""
+
+
+@needs_onednn
+def test_tensor_subclass_weights_and_other_dtypes_go_through_f_linear():
+    x, weight = torch.ones(2, 3), torch.ones(4, 3)
+    assert modeling.uses_onednn(x, weight) and modeling.uses_onednn(x, nn.Parameter(weight))
+    assert not modeling.uses_onednn(x, weight.as_subclass(TaggedTensor))
+    assert not modeling.uses_onednn(x.bfloat16(), weight.bfloat16())
+    out = linear(x, weight.as_subclass(TaggedTensor))
+    assert type(out) is TaggedTensor  # F.linear ran, with the subclass's dispatch
