@@ -9,6 +9,7 @@ from lsg_bart import SPARSITY_TYPES, LSGBartModel
 from lsg_bart import modeling_lsg_bart as modeling
 from lsg_bart.modeling_lsg_bart import (
     LSGSelfAttention,
+    OverlappingWindows,
     attend,
     attend_in_two_parts,
     batch_key_sets,
@@ -26,6 +27,23 @@ def random_tokens(n=2, h=4, t=32, d=8, seed=0):
     visible = torch.ones(n, 1, t, 1, dtype=torch.bool)
     visible[1, :, t - 7 :] = False  # row 1 is padded
     return keys, values, visible
+
+
+@pytest.mark.parametrize(
+    "length, size, step",
+    [(24, 12, 4), (26, 8, 4), (22, 6, 4), (21, 3, 4)],  # step divides size (with a spare tail), or it does not
+)
+def test_overlapping_windows_are_unfold_forward_and_backward(length, size, step):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, length, 5, generator=generator)
+    expected_windows = x.unfold(2, size, step).transpose(-1, -2)  # (2, 3, w, size, 5)
+    grad_windows = torch.randn(expected_windows.shape, generator=generator)
+    x_ours, x_unfold = x.clone().requires_grad_(), x.clone().requires_grad_()
+    windows = OverlappingWindows.apply(x_ours, size, step)
+    windows.backward(grad_windows)
+    x_unfold.unfold(2, size, step).transpose(-1, -2).backward(grad_windows)
+    assert torch.equal(windows.detach(), expected_windows)
+    torch.testing.assert_close(x_ours.grad, x_unfold.grad, atol=1e-6, rtol=1e-6)
 
 
 def test_norm_keeps_largest_norms_per_chunk_in_ascending_order():

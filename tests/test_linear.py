@@ -19,12 +19,13 @@ needs_onednn = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this PyTorch bu
 @needs_onednn
 @pytest.mark.parametrize("shape", [(37, 24), (2, 37, 24)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_onednn_linear_matches_f_linear_forward_and_backward(shape, with_bias):
+@pytest.mark.parametrize("out_features", [40, 16])  # the weight gradient's operands are taken in either order
+def test_onednn_linear_matches_f_linear_forward_and_backward(shape, with_bias, out_features):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator)
-    weight = torch.randn(40, 24, generator=generator)
-    bias = torch.randn(40, generator=generator) if with_bias else None
-    grad_out = torch.randn(*shape[:-1], 40, generator=generator)
+    weight = torch.randn(out_features, 24, generator=generator)
+    bias = torch.randn(out_features, generator=generator) if with_bias else None
+    grad_out = torch.randn(*shape[:-1], out_features, generator=generator)
     results = []
     for function in (linear, F.linear):
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias) if t is not None]
