@@ -125,7 +125,7 @@ def test_hidden_states_and_tuple_outputs():
     torch.testing.assert_close(as_tuple[0], out.logits)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_gives_the_same_gradients():
     config = tiny_config(dropout=0.0, attention_dropout=0.0)
     input_ids, attention_mask = padded_batch([300, 260])
     grads = []
@@ -133,7 +133,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.manual_seed(0)
         model = LSGBartForConditionalGeneration(config).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             assert model.model.encoder.gradient_checkpointing
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :10].contiguous()).loss
         loss.backward()
