@@ -410,8 +410,9 @@ class TwoPartAttention(torch.autograd.Function):
     kept. The backward pass gives each set the merged output and log-sum-exp, so the kernel's own backward
     computes the union's gradient restricted to that set's keys, as flash attention does across key blocks.
 
-    Inputs: query (B, nb, q, d) and the scale of its scores; local keys and values (B, nb, k, d) and float mask (B|1, nb, 1, k); the float
-    mask of the other set (B|1, nb, 1, K), then its key pieces and its value pieces, each (B, nb, k_i, d).
+    Inputs: query (B, nb, q, d) and the scale of its scores; local keys and values (B, nb, k, d) and float mask
+    (B|1, nb, 1, k); the float mask of the other set (B|1, nb, 1, K), then its key pieces and its value pieces,
+    each (B, nb, k_i, d).
     """
 
     @staticmethod
@@ -484,7 +485,7 @@ def attend_bf16_written_out(query, key, value, visible, scale):
 
     For inference on CPU: the batched products go to oneDNN's bfloat16 kernel, and the three steps together take
     about half the time of PyTorch's fused kernel, which is no faster in bfloat16 than in float32 (its softmax
-    runs in float32). The error against float32 is that of the fused kernel in bfloat16.
+    runs in float32). Its relative L2 error against float32 is the fused kernel's in bfloat16 (benchmarks/).
     """
     B, g, q, d = query.shape
     bias = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
@@ -502,7 +503,8 @@ def attend_bf16_written_out(query, key, value, visible, scale):
 
 def can_attend_bf16_written_out(query, dropout):
     """Whether `attend_bf16_written_out` applies: bfloat16 inference on CPU."""
-    return query.device.type == "cpu" and query.dtype == torch.bfloat16 and dropout == 0.0 and not torch.is_grad_enabled()
+    on_cpu = query.device.type == "cpu"
+    return on_cpu and query.dtype == torch.bfloat16 and dropout == 0.0 and not torch.is_grad_enabled()
 
 
 def can_attend_in_two_parts(query, dropout):
@@ -535,7 +537,9 @@ class LSGSelfAttention(BartAttention):
     """BART self-attention of the encoder computed with LSG attention (same projections and weights).
 
     Expects `attention_mask` as a (n, T) boolean tensor of visible keys, global tokens included. Runs the
-    straightforward path when `config._attn_implementation == "eager"` and PyTorch's SDPA kernel otherwise.
+    straightforward path when `config._attn_implementation == "eager"`, and the fast path otherwise: PyTorch's
+    SDPA kernel over blocks (on CPU in two parts, local window and the rest), or for bfloat16 inference on CPU
+    the scores written out a few blocks at a time.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
