@@ -246,14 +246,26 @@ def local_windows(x, block_size):
     return OverlappingWindows.apply(x, 3 * block_size, block_size)
 
 
-def split_heads_with_margin(x, heads, before, after):
-    """(n, T, h*d) projections -> (n, h, before + T + after, d), with zeros in the margins."""
+def project_into_heads(project, x, heads, before, after):
+    """Queries (n, h, T, d), and keys and values (n, h, before + T + after, d) with zeros in the margins.
+
+    `project` maps (n, c, h*d) hidden states to their queries, keys and values, each (n, c, h*d). It is applied
+    `TOKEN_CHUNK` tokens at a time: the joint projection of a whole long input would be a tensor of over 32 MB,
+    which glibc maps afresh on every allocation, and touching its new pages costs a fifth of the product.
+    """
     n, T, _ = x.shape
-    out = x.new_empty(n, heads, before + T + after, x.shape[-1] // heads)
-    out[:, :, :before] = 0
-    out[:, :, before : before + T] = x.view(n, T, heads, -1).transpose(1, 2)
-    out[:, :, before + T :] = 0
-    return out
+    d = x.shape[-1] // heads
+    query = x.new_empty(n, heads, T, d)
+    key, value = (x.new_empty(n, heads, before + T + after, d) for _ in range(2))
+    for buffer in (key, value):
+        buffer[:, :, :before] = 0
+        buffer[:, :, before + T :] = 0
+    for start in range(0, T, TOKEN_CHUNK):
+        parts = project(x[:, start : start + TOKEN_CHUNK])  # 3 x (n, c, h*d)
+        c = parts[0].shape[1]
+        for buffer, offset, part in zip((query, key, value), (start, before + start, before + start), parts):
+            buffer[:, :, offset : offset + c] = part.view(n, c, heads, d).transpose(1, 2)
+    return query, key, value
 
 
 def pad_for_sparse_windows(x, tokens_per_block, sparse_block_size):
@@ -568,32 +580,28 @@ class LSGSelfAttention(BartAttention):
         use_sdpa = self.config._attn_implementation != "eager"
         dropout = self.dropout if self.training else 0.0
 
-        query, key, value = self.project_qkv(hidden_states)  # 3 x (n, T, h*d)
-        query = query.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+        project_qkv = self.qkv_projection()
         if T <= 2 * bs + G:
-            key = key.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
-            value = value.view(n, T, h, d).transpose(1, 2)  # (n, h, T, d)
+            query, key, value = (x.view(n, T, h, d).transpose(1, 2) for x in project_qkv(hidden_states))  # (n, h, T, d)
             out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa, self.scaling).transpose(1, 2)
         else:
             # Keys and values get a block of margin around the non-global tokens, so that every local window
-            # is a view of them; the query is made contiguous once, so that its blocks are views too. (Rebinding
-            # all three frees the joint projection.)
+            # is a view of them; the query is contiguous, so that its blocks are views too.
             margin = max(bs - G, 0)
-            query = query.contiguous()  # (n, h, T, d)
-            key = split_heads_with_margin(key, h, margin, bs)  # (n, h, margin + T + bs, d)
-            value = split_heads_with_margin(value, h, margin, bs)
+            query, key, value = project_into_heads(project_qkv, hidden_states, h, margin, bs)
             out = self.lsg_attention(query, key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
 
         return project(self.out_proj, out.reshape(n, T, h * d)), None
 
-    def project_qkv(self, hidden_states):
-        """Queries, keys and values, each (n, T, h*d); one matrix product when the three layers are plain."""
+    def qkv_projection(self):
+        """A function from hidden states (n, c, h*d) to their queries, keys and values, each (n, c, h*d): one
+        matrix product with the three layers' weights joined (once per call of this method) when they are plain."""
         layers = (self.q_proj, self.k_proj, self.v_proj)
         if not all(is_plain_linear(layer) for layer in layers):
-            return tuple(layer(hidden_states) for layer in layers)
+            return lambda x: tuple(layer(x) for layer in layers)
         weight = torch.cat([layer.weight for layer in layers])  # (3*h*d, h*d)
         bias = torch.cat([layer.bias for layer in layers]) if all(layer.bias is not None for layer in layers) else None
-        return linear(hidden_states, weight, bias).split(self.embed_dim, dim=-1)
+        return lambda x: linear(x, weight, bias).split(self.embed_dim, dim=-1)
 
     def lsg_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
         """Global rows attend to everything; each block of the rest to global + sparse window + local window.
