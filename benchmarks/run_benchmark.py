@@ -326,15 +326,16 @@ def measure_setting(task: dict) -> dict:
     return result
 
 
-def matmul_kernels(torch) -> dict:
-    """The ways to multiply two matrices that PyTorch offers: `a @ b` (MKL for float32 on CPU, oneDNN for
-    bfloat16) and, where the build has it, oneDNN's linear kernel, which lsg-bart uses for float32."""
+def matmul_kernels(torch, dtype) -> dict:
+    """The ways to multiply two `dtype` matrices that PyTorch offers: `a @ b` (MKL for float32 on CPU, oneDNN for
+    bfloat16) and oneDNN's linear kernel, which lsg-bart uses for float32, where the model's probe finds it works
+    in that dtype (oneDNN refuses bfloat16 on CPUs without AVX-512, for one)."""
+    from lsg_bart.modeling_lsg_bart import find_onednn_linear
+
     kernels = {"matmul": lambda a, b_t: a @ b_t.t()}
-    try:
-        onednn = torch.ops.mkldnn._linear_pointwise.default
+    onednn = find_onednn_linear(dtype)
+    if onednn is not None:
         kernels["onednn"] = lambda a, b_t: onednn(a, b_t, None, "none", [], "")
-    except (AttributeError, RuntimeError):
-        pass
     return kernels
 
 
@@ -349,7 +350,7 @@ def measure_matmul(task: dict) -> dict:
         per_shape = {}
         for m, k, n in task["shapes"]:
             a, b_t = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)  # a @ b_t.T: (m, n)
-            for kernel_name, kernel in matmul_kernels(torch).items():
+            for kernel_name, kernel in matmul_kernels(torch, dtype).items():
                 kernel(a, b_t)  # warm-up
                 best = float("inf")
                 for _ in range(task["repeats"]):

@@ -12,7 +12,11 @@ from .modeling_lsg_bart import (
 
 __version__ = "0.1.0"
 
+# The remote-code files: what a checkpoint folder carries so that it loads with `trust_remote_code=True`.
+REMOTE_CODE_FILES = ("configuration_lsg_bart.py", "modeling_lsg_bart.py", "transformers_compat.py")
+
 __all__ = [
+    "REMOTE_CODE_FILES",
     "SPARSITY_TYPES",
     "LSGBartConfig",
     "LSGBartForCausalLM",

@@ -1,12 +1,11 @@
 """Configuration of LSG-BART: BART with Local + Sparse + Global attention in the encoder."""
 
-from huggingface_hub.dataclasses import strict
-from transformers import BartConfig
+from .transformers_compat import ConfigBase, config_class
 
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
 MAX_GLOBAL_TOKENS = 512
 
-# transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one.
+# transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one (used on 4.x too).
 CUSTOM_PIPELINES = {
     "summarization": {
         "impl": "modeling_lsg_bart.LSGBartSummarizationPipeline",
@@ -26,8 +25,8 @@ AUTO_MAP = {
 }
 
 
-@strict
-class LSGBartConfig(BartConfig):
+@config_class
+class LSGBartConfig(ConfigBase):
     r"""
     Configuration of an LSG-BART model: a [`BartConfig`] whose encoder self-attention is LSG attention.
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from . import REMOTE_CODE_FILES
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGBartConfig
 from .modeling_lsg_bart import (
     LSGBartForCausalLM,
@@ -619,7 +620,7 @@ def save_converted(model, tokenizer, info, folder):
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     package = Path(__file__).resolve().parent
-    for name in ("configuration_lsg_bart.py", "modeling_lsg_bart.py"):
+    for name in REMOTE_CODE_FILES:
         if not (folder / name).exists():  # save_pretrained copies them for registered classes; be sure
             shutil.copyfile(package / name, folder / name)
     if not (folder / "generation_config.json").exists():

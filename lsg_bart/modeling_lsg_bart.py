@@ -10,13 +10,13 @@ Masks are boolean, True for a visible key, and carry a trailing singleton so tha
 keys (..., d) and masks (..., 1) alike.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, Pipeline, PreTrainedModel
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import (
     BartDecoder,
@@ -33,11 +33,18 @@ from transformers.models.bart.modeling_bart import (
     BartPreTrainedModel,
     BartScaledWordEmbedding,
 )
-from transformers.utils import can_return_tuple
-from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
+from .transformers_compat import (
+    accepted_kwargs,
+    call_layer,
+    can_return_tuple,
+    output_requested,
+    pipeline_generate_kwargs,
+    pipeline_tokenizer,
+    read_shared_embeddings_as_decoder_embeddings,
+    return_dict_requested,
+)
 
 # Long inputs are processed in chunks of about this many tokens (groups of blocks in the attention, then the
 # per-token work after it), so that intermediates stay in cache and memory does not grow with the length.
@@ -48,24 +55,73 @@ TOKEN_CHUNK = 2048
 SCORES_IN_CACHE = 2**21
 
 # ---------------------------------------------------------------------------------------------------------------
-# Linear layers
+# Optional kernels: each is probed once on tiny inputs against public ops, and used only where the probe passes
+# (builds and CPUs differ: oneDNN's bfloat16 products need AVX-512, for instance). LSG_BART_PUBLIC_OPS=1 turns
+# them all off, leaving public PyTorch ops with the same results.
 # ---------------------------------------------------------------------------------------------------------------
 
+PUBLIC_OPS_ONLY = os.environ.get("LSG_BART_PUBLIC_OPS", "") not in ("", "0")
 
-def find_onednn_linear():
-    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`) on x86 processors, or None where this build of
-    PyTorch lacks it or it fails a one-line check (elsewhere `F.linear` is used)."""
+
+def probe(check):
+    """Whether `check()` returns True; False if it raises (a missing op, an unsupported dtype or CPU) or when
+    `LSG_BART_PUBLIC_OPS` is set."""
+    if PUBLIC_OPS_ONLY:
+        return False
+    try:
+        return bool(check())
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def find_onednn_linear(dtype=torch.float32):
+    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`) on x86 processors where it computes a small
+    product in `dtype` right, or None (then `F.linear` is used)."""
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):  # "AVX2", "AVX512": x86
         return None
-    try:
+
+    def check():
         kernel = torch.ops.mkldnn._linear_pointwise.default
-        product = kernel(torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), "none", [], "")  # (2, 4), all 4
-    except (AttributeError, RuntimeError):
-        return None
-    return kernel if torch.equal(product, torch.full((2, 4), 4.0)) else None
+        ones = [torch.ones(shape, dtype=dtype) for shape in ((2, 3), (4, 3), (4,))]
+        return torch.equal(kernel(*ones, "none", [], "").float(), torch.full((2, 4), 4.0))  # (2, 4), all 4
+
+    return torch.ops.mkldnn._linear_pointwise.default if probe(check) else None
+
+
+def cpu_flash_attention_works():
+    """Whether PyTorch's fused CPU attention kernel, forward and backward, with a float mask, matches the
+    written-out attention (`TwoPartAttention` calls the kernel's private entry points directly)."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value, grad = (torch.randn(1, 2, 5, 4, generator=generator) for _ in range(4))
+    bias = torch.zeros(1, 1, 1, 5).index_fill_(-1, torch.tensor([1]), torch.finfo(torch.float32).min)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, attn_mask=bias)[:2]
+    grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad, query, key, value, out, lse, 0.0, False, attn_mask=bias
+    )
+    leaves = [x.clone().requires_grad_() for x in (query, key, value)]
+    scores = leaves[0] @ leaves[1].transpose(-1, -2) * 0.5 + bias
+    expected = scores.softmax(-1) @ leaves[2]
+    expected.backward(grad)
+    pairs = [(out, expected), *zip(grads, (leaf.grad for leaf in leaves))]
+    return all(torch.allclose(a, b, atol=1e-5) for a, b in pairs)
+
+
+def cpu_has_bf16_instructions():
+    """Whether bfloat16 products are fast on this CPU (AVX-512 BF16 or AMX): without these instructions they are
+    emulated, several times slower than float32, and oneDNN refuses them."""
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return native and find_onednn_linear(torch.bfloat16) is not None
 
 
 ONEDNN_LINEAR = find_onednn_linear()
+CPU_FLASH_ATTENTION = probe(cpu_flash_attention_works)
+CPU_BF16 = probe(cpu_has_bf16_instructions)
+UNFOLD_BACKWARD = probe(lambda: torch.ops.aten.unfold_backward(torch.ones(1, 2, 3), (1, 5), 1, 3, 2).sum() == 6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Linear layers
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def onednn_linear(x, weight, bias=None, activation="none"):
@@ -226,11 +282,15 @@ class OverlappingWindows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_windows):
         size, step = ctx.size, ctx.step
-        if size % step:
+        if size % step and UNFOLD_BACKWARD:
             grad = torch.ops.aten.unfold_backward(grad_windows.transpose(-1, -2), ctx.shape, 2, size, step)
             return grad, None, None
         n, h, w, _, c = grad_windows.shape
         grad = grad_windows.new_zeros(ctx.shape)  # (n, h, L, c)
+        if size % step:  # window by window
+            for window in range(w):
+                grad[:, :, window * step : window * step + size] += grad_windows[:, :, window]
+            return grad, None, None
         steps = grad[:, :, : (w - 1) * step + size].unflatten(2, (-1, step))  # (n, h, w - 1 + size/step, step, c)
         for part in range(size // step):
             steps[:, :, part : part + w] += grad_windows[:, :, :, part * step : (part + 1) * step]
@@ -514,14 +574,16 @@ def attend_bf16_written_out(query, key, value, visible, scale):
 
 
 def can_attend_bf16_written_out(query, dropout):
-    """Whether `attend_bf16_written_out` applies: bfloat16 inference on CPU."""
-    on_cpu = query.device.type == "cpu"
+    """Whether `attend_bf16_written_out` applies: bfloat16 inference on a CPU with bfloat16 instructions."""
+    on_cpu = query.device.type == "cpu" and CPU_BF16
     return on_cpu and query.dtype == torch.bfloat16 and dropout == 0.0 and not torch.is_grad_enabled()
 
 
 def can_attend_in_two_parts(query, dropout):
-    """Whether `attend_in_two_parts` applies: on CPU, without dropout, in a dtype the kernel masks safely."""
-    return query.device.type == "cpu" and dropout == 0.0 and query.dtype in (torch.float32, torch.bfloat16)
+    """Whether `attend_in_two_parts` applies: on CPU where the fused kernel passed its probe, without dropout, in
+    a dtype the kernel masks safely."""
+    on_cpu = query.device.type == "cpu" and CPU_FLASH_ATTENTION
+    return on_cpu and dropout == 0.0 and query.dtype in (torch.float32, torch.bfloat16)
 
 
 def flat_key_sets(parts, n, h):
@@ -560,8 +622,9 @@ class LSGSelfAttention(BartAttention):
             num_heads=config.encoder_attention_heads,
             dropout=config.attention_dropout,
             config=config,
-            layer_idx=layer_idx,
+            **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
         )
+        self.layer_idx = layer_idx
         self.block_size = config.block_size
         self.sparse_block_size = config.sparse_block_size
         self.sparsity_factor = config.sparsity_factor
@@ -711,7 +774,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
-        super().__init__(config, layer_idx)
+        super().__init__(config, **accepted_kwargs(BartEncoderLayer.__init__, layer_idx=layer_idx))
         self.self_attn = LSGSelfAttention(config, layer_idx)
         self.exact_gelu = config.activation_function == "gelu"
 
@@ -773,6 +836,7 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = [r"LSGBartEncoderLayer", r"BartDecoderLayer"]
     _supports_flash_attn = False
+    _supports_flash_attn_2 = False  # the name before transformers 4.52
     _supports_flex_attn = False
     _supports_sdpa = True
     _can_compile_fullgraph = False
@@ -821,8 +885,6 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
             )
         return bs - length % bs
 
-    @merge_with_config_defaults
-    @capture_outputs
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> BaseModelOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
@@ -831,6 +893,13 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
             1 for tokens to attend to, 0 for padding. Not modified.
         inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_model)`, *optional*):
             Token embeddings to use instead of `input_ids`.
+        output_hidden_states (`bool`, *optional*):
+            Also return the input of each layer and the final output: `num_global_tokens` + the padded length
+            positions each, except the last, which is cropped like `last_hidden_state`.
+        output_attentions (`bool`, *optional*):
+            Accepted for compatibility; LSG attention has no attention matrix, so `attentions` is `None`.
+        return_dict (`bool`, *optional*):
+            Return a [`BaseModelOutput`] (the default) or a tuple.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -865,10 +934,14 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         hidden_states = dropout(hidden_states, self.dropout, self.training)
         visible = F.pad(visible, (G, 0), value=True)  # (n, T)
 
+        keep_hidden_states = output_requested(config, kwargs, "output_hidden_states")
+        layer_inputs = []
         for layer in self.layers:
+            if keep_hidden_states:
+                layer_inputs.append(hidden_states)
             if self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop:
                 continue
-            hidden_states = layer(hidden_states, visible, **kwargs)
+            hidden_states = call_layer(self, layer, hidden_states, visible)
 
         if config.pass_global_tokens_to_decoder:
             hidden_states = hidden_states[:, : G + t]  # (n, G + t, d_model)
@@ -877,7 +950,9 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
                 first = hidden_states[:, :1]  # global token 0
                 hidden_states = torch.cat([hidden_states[:, :G], first, hidden_states[:, G + 1 :]], dim=1)
             hidden_states = hidden_states[:, G : G + t]  # (n, t, d_model)
-        return BaseModelOutput(last_hidden_state=hidden_states)
+        all_hidden_states = (*layer_inputs, hidden_states) if keep_hidden_states else None
+        output = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=None)
+        return output if return_dict_requested(config, kwargs) else output.to_tuple()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -909,7 +984,7 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs):
         """Same arguments and outputs as [`BartModel.forward`]."""
         if encoder_outputs is None:
-            encoder_kwargs = {k: v for k, v in kwargs.items() if k in ("output_hidden_states", "output_attentions")}
+            encoder_kwargs = {k: v for k, v in kwargs.items() if k in ("output_hidden_states", "return_dict")}
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **encoder_kwargs
             )
@@ -956,17 +1031,11 @@ class LSGBartForQuestionAnswering(LSGBartPreTrainedModel, BartForQuestionAnsweri
         self.post_init()
 
 
+# Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only as `model.shared.weight`: they are
+# read from there, so that the decoder alone loads from any LSG-BART checkpoint.
+@read_shared_embeddings_as_decoder_embeddings
 class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
     """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
-
-
-# Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only as `model.shared.weight`: read them
-# from there, so that the decoder alone loads from any LSG-BART checkpoint (saving writes them back there).
-register_checkpoint_conversion_mapping(
-    "LSGBartForCausalLM",
-    [WeightRenaming(source_patterns="model.shared.weight", target_patterns="model.decoder.embed_tokens.weight")],
-    overwrite=True,
-)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -987,7 +1056,12 @@ class LSGBartSummarizationPipeline(Pipeline):
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
-    _default_generation_config = GenerationConfig(max_new_tokens=256)
+    default_max_new_tokens = 256
+    _default_generation_config = GenerationConfig(max_new_tokens=default_max_new_tokens)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokenizer = self.tokenizer or pipeline_tokenizer(self.model)
 
     def _sanitize_parameters(self, truncation=None, clean_up_tokenization_spaces=None, **generate_kwargs):
         preprocess_params = {} if truncation is None else {"truncation": truncation}
@@ -1004,10 +1078,12 @@ class LSGBartSummarizationPipeline(Pipeline):
 
     def preprocess(self, text, truncation=True):
         max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
-        return self.tokenizer(text, truncation=truncation, max_length=max_length, return_tensors="pt")
+        return self.tokenizer(
+            text, truncation=truncation, max_length=max_length, return_tensors="pt", return_token_type_ids=False
+        )
 
     def _forward(self, model_inputs, **generate_kwargs):
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        generate_kwargs = pipeline_generate_kwargs(self, generate_kwargs, self.default_max_new_tokens)
         return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
 
     def postprocess(self, model_outputs, clean_up_tokenization_spaces=False):

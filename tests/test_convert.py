@@ -23,6 +23,7 @@ from transformers import (
 
 import lsg_bart
 from lsg_bart import (
+    REMOTE_CODE_FILES,
     LSGBartForCausalLM,
     LSGBartForConditionalGeneration,
     LSGBartForSequenceClassification,
@@ -321,10 +322,10 @@ def test_output_folder_contents(tiny_bart, tmp_path):
     out = convert_checkpoint(tiny_bart, tmp_path / "lsg", 1008, model_kwargs=dict(SMALL_LSG, sparsity_type="pooling"))
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
-            "tokenizer_config.json", "configuration_lsg_bart.py", "modeling_lsg_bart.py"} <= names
+            "tokenizer_config.json", *REMOTE_CODE_FILES} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".tmp"))]
     package = Path(lsg_bart.__file__).parent
-    for name in ("configuration_lsg_bart.py", "modeling_lsg_bart.py"):
+    for name in REMOTE_CODE_FILES:
         assert (out / name).read_text() == (package / name).read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lsg_bart import REMOTE_CODE_FILES
 from lsg_bart.tiny import sample_text
 
 from conftest import REPO, write_jsonl
@@ -163,7 +164,7 @@ def test_two_processes_end_with_identical_weights(launcher, tiny_checkpoint, tra
         assert report["logged_losses"][0] == pytest.approx(expected, rel=0.05)
 
     # Process 0 wrote a self-contained remote-code folder.
-    for name in ("configuration_lsg_bart.py", "modeling_lsg_bart.py", "tokenizer.json", "model.safetensors"):
+    for name in (*REMOTE_CODE_FILES, "tokenizer.json", "model.safetensors"):
         assert (output_dir / name).is_file(), name
     assert "AutoModelForSeq2SeqLM" in json.loads((output_dir / "config.json").read_text())["auto_map"]
     assert all(torch.isfinite(tensor).all() for tensor in load_file(output_dir / "model.safetensors").values())

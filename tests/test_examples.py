@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from transformers import pipeline as hf_pipeline
 
-from lsg_bart import LSGBartConfig
+from lsg_bart import REMOTE_CODE_FILES, LSGBartConfig
 from lsg_bart.tiny import sample_text
 
 from conftest import REPO, write_jsonl
 
 EXAMPLES = REPO / "examples"
-CODE_FILES = ("configuration_lsg_bart.py", "modeling_lsg_bart.py")
+CODE_FILES = REMOTE_CODE_FILES
 
 
 def load_example(name):

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from conftest import PARITY, REPO
+from lsg_bart import REMOTE_CODE_FILES
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
@@ -14,10 +15,10 @@ TOLERANCE = 1e-4
 
 
 def upgrade_folder(case, tmp_path):
-    """What a user upgrading an old checkpoint does: drop the two remote-code files into its folder."""
+    """What a user upgrading an old checkpoint does: drop the remote-code files into its folder."""
     folder = tmp_path / case
     shutil.copytree(PARITY / case, folder)
-    for name in ("configuration_lsg_bart.py", "modeling_lsg_bart.py"):
+    for name in REMOTE_CODE_FILES:
         shutil.copy(REPO / name, folder / name)
     return folder
 

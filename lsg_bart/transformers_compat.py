@@ -1,0 +1,203 @@
+"""What differs between the transformers versions LSG-BART runs on (4.46 to 5.x), in one place.
+
+The remote-code files run under whatever transformers the user has installed. They import the version-dependent
+pieces from here; each is the native mechanism where the installed version has it, and an equivalent otherwise.
+Nothing else in the package checks a version.
+"""
+
+import dataclasses
+import inspect
+import re
+
+import transformers
+
+OLDEST_SUPPORTED = "4.46.0"
+
+
+def major_minor(text):
+    """(4, 57) for "4.57.6" or "4.57.0.dev0"."""
+    return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", text).groups())
+
+
+def require_supported(installed):
+    """Raise a one-line `ImportError` naming `installed` and the supported range when it is below the range."""
+    if major_minor(installed) < major_minor(OLDEST_SUPPORTED):
+        raise ImportError(
+            f"LSG-BART needs transformers>={OLDEST_SUPPORTED} (tested from 4.46 to 5.x); this environment has "
+            f"transformers {installed}: pip install -U 'transformers>={OLDEST_SUPPORTED}'"
+        )
+
+
+require_supported(transformers.__version__)
+TRANSFORMERS_VERSION = major_minor(transformers.__version__)
+
+from transformers import BartConfig  # noqa: E402  (after the version check, which must come first)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration: transformers 5.x configs are strict dataclasses (fields and `__post_init__`); earlier ones are
+# plain classes whose `__init__` takes keyword arguments.
+# ---------------------------------------------------------------------------------------------------------------
+
+DATACLASS_CONFIGS = dataclasses.is_dataclass(BartConfig)
+
+if DATACLASS_CONFIGS:
+    from huggingface_hub.dataclasses import strict
+
+    ConfigBase = BartConfig
+else:
+
+    class ConfigBase(BartConfig):
+        """`BartConfig` with the dataclass-style entry point: `__post_init__(**kwargs)` runs `BartConfig.__init__`."""
+
+        def __post_init__(self, **kwargs):
+            BartConfig.__init__(self, **kwargs)
+
+
+def config_class(cls):
+    """Make `cls` (fields with defaults, and a `__post_init__(**kwargs)`) a config class on any transformers.
+
+    On dataclass transformers this is `huggingface_hub`'s `@strict`. Elsewhere it adds an `__init__` that sets each
+    field from its keyword argument or default, then calls `__post_init__` with the other keyword arguments.
+    """
+    if DATACLASS_CONFIGS:
+        return strict(cls)
+    defaults = {name: getattr(cls, name) for name in cls.__annotations__ if not name.startswith("_")}
+
+    def __init__(self, **kwargs):
+        for name, default in defaults.items():
+            setattr(self, name, kwargs.pop(name, default))
+        self.__post_init__(**kwargs)
+
+    __init__.__doc__ = cls.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modeling
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def accepted_kwargs(function, **kwargs):
+    """The keyword arguments that `function` accepts (e.g. `layer_idx`, added to BART's layers in 4.5x)."""
+    parameters = inspect.signature(function).parameters
+    return {name: value for name, value in kwargs.items() if name in parameters}
+
+
+try:
+    from transformers.utils import can_return_tuple
+except ImportError:  # before 4.51 the models handle `return_dict` themselves
+
+    def can_return_tuple(forward):
+        return forward
+
+
+try:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # before 4.52 the encoder's loop checkpoints its layers
+    GradientCheckpointingLayer = None
+
+
+def call_layer(encoder, layer, *args):
+    """`layer(*args)`, under activation checkpointing when it is enabled on `encoder` and the layer does not
+    checkpoint itself (BART's layers do from 4.52 on)."""
+    checkpoints_itself = GradientCheckpointingLayer is not None and isinstance(layer, GradientCheckpointingLayer)
+    if encoder.gradient_checkpointing and encoder.training and not checkpoints_itself:
+        return encoder._gradient_checkpointing_func(layer.__call__, *args)
+    return layer(*args)
+
+
+def return_dict_requested(config, kwargs):
+    """Whether a model called with `kwargs` returns a `ModelOutput` (else a tuple)."""
+    if kwargs.get("return_dict") is not None:
+        return kwargs["return_dict"]
+    return getattr(config, "use_return_dict", getattr(config, "return_dict", True))
+
+
+def output_requested(config, kwargs, name):
+    """`output_hidden_states` / `output_attentions`: the call's value, else the config's."""
+    value = kwargs.get(name)
+    return bool(getattr(config, name, False) if value is None else value)
+
+
+# Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only under the shared embeddings' name.
+SHARED_EMBEDDINGS = "model.shared.weight"
+DECODER_EMBEDDINGS = "model.decoder.embed_tokens.weight"
+
+# `from_pretrained(key_mapping=...)` renames checkpoint keys from 4.51 on (5.x included).
+KEY_MAPPING_ON_LOAD = TRANSFORMERS_VERSION >= (4, 51)
+
+
+def read_shared_embeddings_as_decoder_embeddings(model_class):
+    """Let `model_class` (the decoder alone) load its token embeddings from an encoder-decoder checkpoint.
+
+    From 4.51 on, `from_pretrained` gets a default `key_mapping` that renames the key; before, state dicts are
+    loaded module by module and a load pre-hook renames it.
+    """
+    if KEY_MAPPING_ON_LOAD:
+        original = model_class.from_pretrained.__func__
+
+        def from_pretrained(cls, *args, **kwargs):
+            if kwargs.get("key_mapping") is None:
+                kwargs["key_mapping"] = {"^" + re.escape(SHARED_EMBEDDINGS) + "$": DECODER_EMBEDDINGS}
+            return original(cls, *args, **kwargs)
+
+        from_pretrained.__doc__ = original.__doc__
+        model_class.from_pretrained = classmethod(from_pretrained)
+        return model_class
+
+    original_init = model_class.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._register_load_state_dict_pre_hook(rename_shared_embeddings)
+
+    model_class.__init__ = __init__
+    # The loader lists missing keys before the hook runs; the decoder's embeddings come from either name, and the
+    # head is tied to them.
+    model_class._keys_to_ignore_on_load_missing = [re.escape(DECODER_EMBEDDINGS), r"^lm_head\.weight$"]
+    model_class._keys_to_ignore_on_load_unexpected = [re.escape(SHARED_EMBEDDINGS)]
+    return model_class
+
+
+def rename_shared_embeddings(state_dict, prefix, *args):
+    """Load pre-hook (transformers 4.46 to 4.50): the shared embeddings become the decoder's."""
+    shared, decoder = prefix + SHARED_EMBEDDINGS, prefix + DECODER_EMBEDDINGS
+    if shared in state_dict and decoder not in state_dict:
+        state_dict[decoder] = state_dict.pop(shared)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pipelines: from 5.x the base class merges generation settings itself (`_prepare_generate_kwargs`).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pipeline_generate_kwargs(pipeline, generate_kwargs, default_max_new_tokens):
+    """The `generate()` arguments of one pipeline call, with `max_new_tokens` defaulting to
+    `default_max_new_tokens` when neither the call nor the model's generation config sets a length."""
+    if hasattr(pipeline, "_prepare_generate_kwargs"):
+        return pipeline._prepare_generate_kwargs(generate_kwargs)
+    set_by_model = pipeline.model.generation_config.to_diff_dict()
+    if not {"max_new_tokens", "max_length"} & (generate_kwargs.keys() | set_by_model.keys()):
+        generate_kwargs = {**generate_kwargs, "max_new_tokens": default_max_new_tokens}
+    return generate_kwargs
+
+
+def pipeline_tokenizer(model):
+    """The tokenizer of `model`'s checkpoint, for pipelines built by a transformers (before 4.52) that loads
+    tokenizers only for the model types it knows."""
+    return transformers.AutoTokenizer.from_pretrained(model.config._name_or_path)
+
+
+__all__ = [
+    "ConfigBase",
+    "accepted_kwargs",
+    "call_layer",
+    "can_return_tuple",
+    "config_class",
+    "output_requested",
+    "pipeline_generate_kwargs",
+    "pipeline_tokenizer",
+    "read_shared_embeddings_as_decoder_embeddings",
+    "return_dict_requested",
+]

@@ -1,0 +1,235 @@
+"""LSG-BART as users meet it: checkpoint folders loaded with `trust_remote_code=True` under the installed
+transformers, using only the remote-code files, never the installed package.
+
+The version matrix (`.ci/version_matrix.sh`) runs this folder alone under every supported transformers, with
+`--confcutdir` so that the suite's conftest (which imports `lsg_bart`) is not loaded, in venvs without `lsg_bart`.
+The main suite runs it too. Self-contained on purpose: no conftest of its own.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="lsg-bart-remote-code-hf-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PARITY = REPO / "tests" / "fixtures" / "parity"
+PACKAGE = REPO / "lsg_bart"
+REMOTE_CODE_FILES = ("configuration_lsg_bart.py", "modeling_lsg_bart.py", "transformers_compat.py")
+LEGACY_CASES = sorted(p.name for p in PARITY.iterdir() if (p / "expected.safetensors").exists())
+TOLERANCE = 1e-4
+AUTO_CLASSES = {
+    AutoModel: "LSGBartModel",
+    AutoModelForSeq2SeqLM: "LSGBartForConditionalGeneration",
+    AutoModelForSequenceClassification: "LSGBartForSequenceClassification",
+    AutoModelForQuestionAnswering: "LSGBartForQuestionAnswering",
+    AutoModelForCausalLM: "LSGBartForCausalLM",
+}
+# Heads that a summarisation checkpoint does not have, so they are initialised when loaded.
+NEW_HEAD_KEYS = ("classification_head.", "qa_outputs.")
+
+
+def assert_runs_copied_code(model):
+    assert not type(model).__module__.startswith("lsg_bart"), "must run the code copied into the folder"
+
+
+def parity_inputs():
+    """Two rows (one right-padded) that fit the `norm` case and the checkpoints made from it."""
+    return load_file(PARITY / "norm" / "inputs.safetensors")
+
+
+def upgrade_folder(case, destination):
+    """What a user upgrading an old checkpoint does: drop the remote-code files into its folder."""
+    shutil.copytree(PARITY / case, destination)
+    for name in REMOTE_CODE_FILES:
+        shutil.copy(PACKAGE / name, destination / name)
+    return destination
+
+
+@pytest.fixture
+def legacy_folder(tmp_path):
+    """The `norm` parity case (a legacy checkpoint with its tokenizer) with this project's remote-code files."""
+    return upgrade_folder("norm", tmp_path / "legacy")
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    """A new-style checkpoint (`model_type: lsg_bart`) written by `save_pretrained` under this transformers."""
+    source = upgrade_folder("norm", tmp_path_factory.mktemp("source") / "legacy")
+    folder = tmp_path_factory.mktemp("saved") / "lsg-bart-tiny"
+    model = AutoModelForSeq2SeqLM.from_pretrained(source, trust_remote_code=True)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("case", LEGACY_CASES)
+def test_legacy_checkpoint_matches_original(case, attn_implementation, tmp_path):
+    folder = upgrade_folder(case, tmp_path / case)
+    model, info = AutoModelForSeq2SeqLM.from_pretrained(
+        folder, trust_remote_code=True, output_loading_info=True, attn_implementation=attn_implementation
+    )
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert_runs_copied_code(model)
+    inputs = load_file(folder / "inputs.safetensors")
+    expected = load_file(folder / "expected.safetensors")
+    with torch.no_grad():
+        outputs = model.eval()(**inputs)
+    assert outputs.encoder_last_hidden_state.shape == expected["encoder_last_hidden_state"].shape
+    encoder_error = (outputs.encoder_last_hidden_state - expected["encoder_last_hidden_state"]).abs().max()
+    logits_error = (outputs.logits - expected["logits"]).abs().max()
+    assert encoder_error < TOLERANCE and logits_error < TOLERANCE, (encoder_error, logits_error)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "saved"])
+@pytest.mark.parametrize("auto_class", list(AUTO_CLASSES), ids=lambda c: c.__name__)
+def test_every_auto_class_loads(auto_class, kind, legacy_folder, saved_folder):
+    folder = legacy_folder if kind == "legacy" else saved_folder
+    assert type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__ == "LSGBartConfig"
+    model, info = auto_class.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+    assert type(model).__name__ == AUTO_CLASSES[auto_class]
+    assert_runs_copied_code(model)
+    missing = [key for key in info["missing_keys"] if not key.startswith(NEW_HEAD_KEYS)]
+    assert not missing and not info["mismatched_keys"], info
+    if auto_class is AutoModelForCausalLM:  # the decoder's embeddings come from the shared ones
+        shared = AutoModel.from_pretrained(folder, trust_remote_code=True).shared.weight
+        torch.testing.assert_close(model.model.decoder.embed_tokens.weight, shared, rtol=0, atol=0)
+        torch.testing.assert_close(model.lm_head.weight, shared, rtol=0, atol=0)
+    inputs = parity_inputs()
+    with torch.no_grad():
+        if auto_class is AutoModelForCausalLM:
+            outputs = model.eval()(input_ids=inputs["decoder_input_ids"])
+        else:
+            outputs = model.eval()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert all(torch.isfinite(value).all() for value in outputs.values() if isinstance(value, torch.Tensor))
+
+
+def test_hidden_states_and_tuple_outputs(saved_folder):
+    model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
+    inputs = parity_inputs()
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(**inputs, return_dict=False)
+    assert len(outputs.encoder_hidden_states) == model.config.encoder_layers + 1
+    torch.testing.assert_close(outputs.encoder_hidden_states[-1], outputs.encoder_last_hidden_state)
+    assert outputs.encoder_attentions is None
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], outputs.logits)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_with_cache_matches_generate_without(saved_folder, num_beams):
+    model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
+    inputs = parity_inputs()
+    settings = dict(num_beams=num_beams, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        cached = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **settings)
+        uncached = model.generate(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False, **settings
+        )
+    assert cached.shape[0] == 2 and cached.shape[1] >= 9
+    assert torch.equal(cached, uncached)
+
+
+def test_trainer_step_changes_the_weights(saved_folder, tmp_path):
+    model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True)
+    inputs = parity_inputs()
+    rows = [
+        {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i],
+         "labels": inputs["decoder_input_ids"][i]}
+        for i in range(2)
+    ]
+    before = model.model.encoder.layers[0].self_attn.q_proj.weight.detach().clone()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
+        report_to=[], save_strategy="no", use_cpu=True, logging_steps=1,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss)) and result.training_loss > 0
+    assert not torch.equal(model.model.encoder.layers[0].self_attn.q_proj.weight.detach(), before)
+
+
+def test_save_pretrained_output_loads_again(saved_folder, tmp_path):
+    assert all((saved_folder / name).is_file() for name in REMOTE_CODE_FILES)
+    assert json.loads((saved_folder / "config.json").read_text())["model_type"] == "lsg_bart"
+    model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
+    again = tmp_path / "again"
+    model.save_pretrained(again)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(again, trust_remote_code=True).eval()
+    inputs = parity_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_summarization_pipeline(saved_folder):
+    summarizer = transformers.pipeline("summarization", model=str(saved_folder), trust_remote_code=True)
+    assert type(summarizer).__name__ == "LSGBartSummarizationPipeline"
+    text = " ".join(["the model reads long documents and writes short summaries"] * 60)
+    results = summarizer([text, text[:200]], max_new_tokens=6, num_beams=2)
+    assert len(results) == 2 and all(isinstance(r["summary_text"], str) for r in results)
+    single = summarizer(text, max_new_tokens=6, num_beams=2)
+    assert single[0]["summary_text"] == results[0]["summary_text"]
+
+
+def test_checkpoints_saved_under_other_versions_load(saved_folder, tmp_path):
+    """Each run leaves its checkpoint and logits in the exchange folder (`LSG_VERSION_EXCHANGE`, set by the version
+    matrix) and loads every checkpoint there, its own included, so that each version reads the others' output."""
+    exchange = os.environ.get("LSG_VERSION_EXCHANGE", str(tmp_path / "exchange"))
+    # Folder names become module names of the copied code: no dots.
+    own = os.path.join(exchange, "transformers-" + transformers.__version__.replace(".", "_"))
+    inputs = parity_inputs()
+    if not os.path.isdir(own):
+        model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
+        staging = own + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(saved_folder, staging)
+        with torch.no_grad():
+            save_file({"logits": model(**inputs).logits}, os.path.join(staging, "logits.safetensors"))
+        os.replace(staging, own)
+    folders = sorted(
+        entry.path for entry in os.scandir(exchange) if entry.is_dir() and not entry.name.endswith(".partial")
+    )
+    assert own in folders
+    for folder in folders:
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        expected = load_file(os.path.join(folder, "logits.safetensors"))["logits"]
+        assert (logits - expected).abs().max() < TOLERANCE, folder
+
+
+def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(saved_folder):
+    inputs = parity_inputs()
+    grads, attention_calls = [], []
+    for checkpointing in (False, True):
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            saved_folder, trust_remote_code=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0
+        ).train()
+        if checkpointing:  # `activation_checkpointing_enable` from 5.24 on; the old name still works
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        calls = []
+        model.model.encoder.layers[0].self_attn.register_forward_hook(lambda *args: calls.append(1))
+        model(**inputs, labels=inputs["decoder_input_ids"]).loss.backward()
+        grads.append(model.model.encoder.layers[0].self_attn.q_proj.weight.grad)
+        attention_calls.append(len(calls))
+    assert attention_calls == [1, 2], "checkpointing runs the layer again in the backward pass"
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
