@@ -1,5 +1,7 @@
 """Configuration of LSG-BART: BART with Local + Sparse + Global attention in the encoder."""
 
+import typing
+
 from .transformers_compat import ConfigBase, config_class
 
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
@@ -93,10 +95,33 @@ class LSGBartConfig(ConfigBase):
         self._check_lsg_settings()
         super().__post_init__(**kwargs)
 
+    def _validated_setattr(self, name, value, assign):
+        """`assign(self, name, value)`, for LSG fields only once the value is checked. However a field is set (the
+        constructor, `from_pretrained(**kwargs)`, `config.block_size = 64` after loading), an invalid value raises
+        `ValueError` naming the field, and the config keeps its previous value."""
+        if name not in LSG_FIELDS:
+            return assign(self, name, value)
+        check_type(name, value)
+        unset = object()
+        previous = self.__dict__.get(name, unset)
+        assign(self, name, value)
+        if previous is unset or not all(field in self.__dict__ for field in (*LSG_FIELDS, "max_position_embeddings")):
+            return None  # still being built: `__post_init__` checks the whole
+        try:
+            self._check_lsg_settings()
+        except ValueError as error:
+            assign(self, name, previous)
+            if f"`{name}`" in str(error):
+                raise
+            raise ValueError(f"LSGBartConfig: cannot set `{name}`={value!r}: {error}") from None
+        return None
+
     def _check_lsg_settings(self):
         def fail(field, allowed):
             raise ValueError(f"LSGBartConfig: invalid `{field}`={getattr(self, field)!r}; {allowed}.")
 
+        for field in LSG_FIELDS:
+            check_type(field, getattr(self, field))
         if self.sparsity_type not in SPARSITY_TYPES:
             fail("sparsity_type", f"expected one of {', '.join(SPARSITY_TYPES)}")
         if self.block_size < 1:
@@ -119,6 +144,39 @@ class LSGBartConfig(ConfigBase):
                     f"with sparsity_type={self.sparsity_type!r}, min(block_size, sparse_block_size) must divide "
                     f"block_size={self.block_size} and be a multiple of sparsity_factor={self.sparsity_factor}",
                 )
+        positions = getattr(self, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 2 * self.block_size and positions % self.block_size:
+            # Inputs are padded to a multiple of block_size: the longest ones would not fit.
+            fail(
+                "block_size",
+                f"it must divide max_position_embeddings={positions} (the nearest valid values are "
+                f"{' and '.join(map(str, nearest_block_sizes(positions, self.block_size, self.sparsity_factor)))})",
+            )
+
+
+def check_type(field, value):
+    """`ValueError` unless `value` has the type of LSG field `field` (an int is no bool here)."""
+    kinds = LSG_FIELDS[field]
+    if not any(value is None if kind is type(None) else is_exactly(value, kind) for kind in kinds):
+        expected = " or ".join(KIND_NAMES[kind] for kind in kinds)
+        raise ValueError(f"LSGBartConfig: invalid `{field}`={value!r}; expected {expected}.")
+
+
+def is_exactly(value, kind):
+    return isinstance(value, kind) and isinstance(value, bool) == (kind is bool)
+
+
+def nearest_block_sizes(positions, block_size, factor):
+    """The block sizes that divide `positions` and are multiples of `factor` just below and above `block_size`."""
+    valid = [size for size in range(factor, positions + 1, factor) if positions % size == 0]
+    below = [size for size in valid if size < block_size][-1:]
+    above = [size for size in valid if size > block_size][:1]
+    return below + above
+
+
+# The LSG fields and the types each accepts, e.g. "lsh_seed": (int, NoneType).
+LSG_FIELDS = {name: typing.get_args(kind) or (kind,) for name, kind in LSGBartConfig.__annotations__.items()}
+KIND_NAMES = {bool: "true or false", int: "an integer", str: "a string", type(None): "None"}
 
 
 __all__ = ["LSGBartConfig", "SPARSITY_TYPES"]

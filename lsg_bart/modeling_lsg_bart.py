@@ -11,6 +11,7 @@ keys (..., d) and masks (..., 1) alike.
 """
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from transformers.models.bart.modeling_bart import (
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
 from .transformers_compat import (
     accepted_kwargs,
+    attention_result,
     call_layer,
     can_return_tuple,
     output_requested,
@@ -625,13 +627,16 @@ class LSGSelfAttention(BartAttention):
             **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
         )
         self.layer_idx = layer_idx
-        self.block_size = config.block_size
-        self.sparse_block_size = config.sparse_block_size
-        self.sparsity_factor = config.sparsity_factor
-        self.sparsity_type = config.sparsity_type
-        self.num_global_tokens = config.num_global_tokens
-        self.lsh_num_pre_rounds = config.lsh_num_pre_rounds
-        self.lsh_seed = config.lsh_seed
+
+    # The LSG settings are read from the config on every call, so that a change made after loading (checked by
+    # the config when it is set) takes effect.
+    block_size = property(lambda self: self.config.block_size)
+    sparse_block_size = property(lambda self: self.config.sparse_block_size)
+    sparsity_factor = property(lambda self: self.config.sparsity_factor)
+    sparsity_type = property(lambda self: self.config.sparsity_type)
+    num_global_tokens = property(lambda self: self.config.num_global_tokens)
+    lsh_num_pre_rounds = property(lambda self: self.config.lsh_num_pre_rounds)
+    lsh_seed = property(lambda self: self.config.lsh_seed)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         n, T, _ = hidden_states.shape
@@ -843,12 +848,53 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
     # The heads average their loss over their own batch: Trainer must not rescale it (DDP, accumulation).
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """[`PreTrainedModel.from_pretrained`]; an unreadable weights file (truncated, corrupt) is reported with its
+        path."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            folder = str(pretrained_model_name_or_path)
+            files = sorted(str(path) for path in Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+            where = ", ".join(files) or folder
+            raise OSError(f"{cls.__name__}: cannot read the weights in {where}: {error}") from error
+
     def post_init(self):
         super().post_init()
         # Changing the class keeps each layer's parameters, hooks and tied weights as they are.
         for module in self.modules():
             if type(module) is nn.Linear:
                 module.__class__ = LSGLinear
+
+
+def check_encoder_inputs(input_ids, attention_mask, inputs_embeds, vocab_size):
+    """`ValueError` for encoder inputs that would otherwise fail deep inside or silently give wrong results: not
+    exactly one of `input_ids` and `inputs_embeds`, an `attention_mask` of another shape, an empty input, token ids
+    outside the vocabulary."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("LSG-BART encoder: give exactly one of `input_ids` and `inputs_embeds`.")
+    given, name = (input_ids, "input_ids") if input_ids is not None else (inputs_embeds, "inputs_embeds")
+    if given.dim() != (2 if input_ids is not None else 3):
+        expected = "(batch_size, sequence_length)" + (", d_model)" if input_ids is None else "")
+        raise ValueError(f"LSG-BART encoder: `{name}` has shape {tuple(given.shape)}; expected {expected}.")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(given.shape[:2]):
+        raise ValueError(
+            f"LSG-BART encoder: `attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has shape "
+            f"{tuple(given.shape)}; the mask must be (batch_size, sequence_length) = {tuple(given.shape[:2])}."
+        )
+    if given.shape[1] == 0:
+        raise ValueError(f"LSG-BART encoder: `{name}` is empty (shape {tuple(given.shape)}); give at least one token.")
+    if input_ids is not None and input_ids.numel():
+        low, high = torch.aminmax(input_ids)
+        if low < 0 or high >= vocab_size:
+            bad = high.item() if high >= vocab_size else low.item()
+            raise ValueError(
+                f"LSG-BART encoder: `input_ids` holds token id {bad}, outside the vocabulary (0 to {vocab_size - 1}); "
+                "was the input made with another tokenizer?"
+            )
 
 
 class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
@@ -901,9 +947,8 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         return_dict (`bool`, *optional*):
             Return a [`BaseModelOutput`] (the default) or a tuple.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         config = self.config
+        check_encoder_inputs(input_ids, attention_mask, inputs_embeds, config.vocab_size)
         n, t = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         device = self.embed_positions.weight.device
 
@@ -956,6 +1001,70 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Decoder cross-attention: one set of keys and values per input, shared by its beams
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LSGBartCrossAttention(BartAttention):
+    """BART's decoder cross-attention (same weights) for encoder outputs that are not repeated per beam.
+
+    `generate` keeps one encoder output per input (see `LSGBartForConditionalGeneration`), while the decoder runs
+    `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
+    together to its keys and values, which are projected once per input and, in inference, remembered for as long
+    as the same encoder output comes back (every step of one `generate` call): no copy per beam, and nothing for
+    beam search to reorder. Attention weights are not returned.
+    """
+
+    def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
+        super().__init__(
+            embed_dim=config.d_model,
+            num_heads=config.decoder_attention_heads,
+            dropout=config.attention_dropout,
+            is_decoder=True,
+            config=config,
+            **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
+        )
+        self.remembered = None  # (encoder output, its version, keys, values) of the last inference call
+
+    def forward(self, hidden_states, key_value_states=None, attention_mask=None, layer_head_mask=None, **kwargs):
+        if layer_head_mask is not None:
+            raise ValueError("LSG-BART: head masks are not supported (transformers 5 removed them too).")
+        n_g, q, _ = hidden_states.shape
+        n, S, _ = key_value_states.shape
+        h, d = self.num_heads, self.head_dim
+        if n_g % n:
+            raise ValueError(f"LSG-BART cross-attention: {n_g} decoder rows for {n} encoder outputs.")
+        g = n_g // n
+        key, value = self.keys_and_values(key_value_states)  # (n, h, S, d) each
+        query = project(self.q_proj, hidden_states)  # (n*g, q, h*d)
+        query = query.view(n, g * q, h, d).transpose(1, 2)  # (n, h, g*q, d): an input's rows together
+        if attention_mask is not None:  # (n*g | n, 1, q|1, S), the same for every row of an input
+            rows = 1 if attention_mask.shape[0] == n else g  # transformers 5 builds it from the encoder output
+            attention_mask = attention_mask[::rows, :, :1]  # (n, 1, 1, S)
+        dropout_p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout_p, scale=self.scaling
+        )  # (n, h, g*q, d)
+        out = out.transpose(1, 2).reshape(n_g, q, h * d)
+        return attention_result(project(self.out_proj, out))
+
+    def keys_and_values(self, encoder_output):
+        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d); remembered in inference."""
+        remembered = self.remembered
+        reusable = not (self.training or torch.is_grad_enabled())
+        if reusable and remembered is not None and remembered[0] is encoder_output:
+            if remembered[1] == encoder_output._version:
+                return remembered[2:]
+        n, S, _ = encoder_output.shape
+        key, value = (
+            project(layer, encoder_output).view(n, S, self.num_heads, self.head_dim).transpose(1, 2)
+            for layer in (self.k_proj, self.v_proj)
+        )  # (n, h, S, d)
+        self.remembered = (encoder_output, encoder_output._version, key, value) if reusable else None
+        return key, value
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -969,12 +1078,24 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
         self.shared = BartScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
         self.encoder = LSGBartEncoder(config)
         self.decoder = BartDecoder(config)
+        for index, layer in enumerate(self.decoder.layers):
+            layer.encoder_attn = LSGBartCrossAttention(config, index)
         self.post_init()
 
-    def cross_attention_mask(self, attention_mask):
-        """The encoder-output mask the decoder sees: global slots first when the encoder passes them on."""
+    def forget_encoder_outputs(self):
+        """Drop the keys and values that the cross-attention layers remember (the end of a `generate` call)."""
+        for layer in self.decoder.layers:
+            layer.encoder_attn.remembered = None
+
+    def cross_attention_mask(self, attention_mask, encoder_output):
+        """The encoder-output mask the decoder sees: one row per encoder output (`generate` repeats the mask per
+        beam, not the encoder output), global slots first when the encoder passes them on."""
         config = self.config
-        if attention_mask is None or not config.pass_global_tokens_to_decoder:
+        if attention_mask is None:
+            return None
+        if attention_mask.shape[0] != encoder_output.shape[0]:
+            attention_mask = attention_mask[:: attention_mask.shape[0] // encoder_output.shape[0]]  # (n, t)
+        if not config.pass_global_tokens_to_decoder:
             return attention_mask
         if config.mask_first_token:
             attention_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask[:, 1:]], dim=1)
@@ -990,7 +1111,7 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
             )
         return super().forward(
             input_ids=input_ids,
-            attention_mask=self.cross_attention_mask(attention_mask),
+            attention_mask=self.cross_attention_mask(attention_mask, encoder_outputs[0]),
             encoder_outputs=encoder_outputs,
             **kwargs,
         )
@@ -1005,6 +1126,24 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
         self.final_logits_bias = nn.Buffer(torch.zeros((1, self.model.shared.num_embeddings)))
         self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
         self.post_init()
+
+    def generate(self, *args, **kwargs):
+        """[`GenerationMixin.generate`]: the encoder output is kept once per input, not once per beam or returned
+        sequence, and the cross-attention keys and values made from it are computed once."""
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self.model.forget_encoder_outputs()
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # The decoder's inputs are repeated per beam as usual; the encoder output is not (`LSGBartCrossAttention`).
+        encoder_outputs = model_kwargs.pop("encoder_outputs", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=False, input_ids=input_ids, **model_kwargs
+        )
+        if encoder_outputs is not None:
+            model_kwargs["encoder_outputs"] = encoder_outputs
+        return input_ids, model_kwargs
 
 
 class LSGBartForSequenceClassification(LSGBartPreTrainedModel, BartForSequenceClassification):

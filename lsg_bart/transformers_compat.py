@@ -32,6 +32,7 @@ require_supported(transformers.__version__)
 TRANSFORMERS_VERSION = major_minor(transformers.__version__)
 
 from transformers import BartConfig  # noqa: E402  (after the version check, which must come first)
+from transformers.models.bart.modeling_bart import BartDecoderLayer  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration: transformers 5.x configs are strict dataclasses (fields and `__post_init__`); earlier ones are
@@ -57,19 +58,28 @@ def config_class(cls):
     """Make `cls` (fields with defaults, and a `__post_init__(**kwargs)`) a config class on any transformers.
 
     On dataclass transformers this is `huggingface_hub`'s `@strict`. Elsewhere it adds an `__init__` that sets each
-    field from its keyword argument or default, then calls `__post_init__` with the other keyword arguments.
+    field from its keyword argument or default, then calls `__post_init__` with the other keyword arguments. On
+    both, attributes are set through `cls._validated_setattr(name, value, assign)`.
     """
     if DATACLASS_CONFIGS:
-        return strict(cls)
-    defaults = {name: getattr(cls, name) for name in cls.__annotations__ if not name.startswith("_")}
+        cls = strict(cls)
+    else:
+        defaults = {name: getattr(cls, name) for name in cls.__annotations__}
 
-    def __init__(self, **kwargs):
-        for name, default in defaults.items():
-            setattr(self, name, kwargs.pop(name, default))
-        self.__post_init__(**kwargs)
+        def __init__(self, **kwargs):
+            for name, default in defaults.items():
+                setattr(self, name, kwargs.pop(name, default))
+            self.__post_init__(**kwargs)
 
-    __init__.__doc__ = cls.__doc__
-    cls.__init__ = __init__
+        __init__.__doc__ = cls.__doc__
+        cls.__init__ = __init__
+    # Outermost, so that a bad value gets the class's own `ValueError` before strict's type error.
+    assign = cls.__setattr__
+
+    def __setattr__(self, name, value):
+        self._validated_setattr(name, value, assign)
+
+    cls.__setattr__ = __setattr__
     return cls
 
 
@@ -111,13 +121,23 @@ def return_dict_requested(config, kwargs):
     """Whether a model called with `kwargs` returns a `ModelOutput` (else a tuple)."""
     if kwargs.get("return_dict") is not None:
         return kwargs["return_dict"]
-    return getattr(config, "use_return_dict", getattr(config, "return_dict", True))
+    return getattr(config, "return_dict", True)
 
 
 def output_requested(config, kwargs, name):
     """`output_hidden_states` / `output_attentions`: the call's value, else the config's."""
     value = kwargs.get(name)
     return bool(getattr(config, name, False) if value is None else value)
+
+
+# Before 4.52 (legacy tuple caches) an attention layer also returns its part of the cache; the decoder layer appends
+# the cross-attention's part to the self-attention's.
+ATTENTION_RETURNS_CACHE = "cross_attn_present_key_value" in inspect.getsource(BartDecoderLayer.forward)
+
+
+def attention_result(output):
+    """What BART's decoder layer unpacks from its cross-attention: the output, no weights (and no cache part)."""
+    return (output, None, ()) if ATTENTION_RETURNS_CACHE else (output, None)
 
 
 # Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only under the shared embeddings' name.
@@ -139,7 +159,9 @@ def read_shared_embeddings_as_decoder_embeddings(model_class):
 
         def from_pretrained(cls, *args, **kwargs):
             if kwargs.get("key_mapping") is None:
-                kwargs["key_mapping"] = {"^" + re.escape(SHARED_EMBEDDINGS) + "$": DECODER_EMBEDDINGS}
+                # A plain name, not an anchored regex: transformers 5 writes the reverse mapping's source back
+                # as the key when saving.
+                kwargs["key_mapping"] = {SHARED_EMBEDDINGS: DECODER_EMBEDDINGS}
             return original(cls, *args, **kwargs)
 
         from_pretrained.__doc__ = original.__doc__
@@ -192,6 +214,7 @@ def pipeline_tokenizer(model):
 __all__ = [
     "ConfigBase",
     "accepted_kwargs",
+    "attention_result",
     "call_layer",
     "can_return_tuple",
     "config_class",

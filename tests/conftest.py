@@ -40,6 +40,8 @@ def tiny_config(**overrides):
         attention_dropout=0.1,
     )
     settings.update(overrides)
+    if "max_position_embeddings" not in overrides:  # about 1024, a multiple of the block size
+        settings["max_position_embeddings"] = -(-1024 // settings["block_size"]) * settings["block_size"]
     return LSGBartConfig(**settings)
 
 

@@ -169,7 +169,7 @@ def test_half_precision_forward_is_finite_on_padded_batches(dtype, sparsity_type
 
 
 def test_generate_on_a_long_input_greedy_beam_and_cache():
-    config = tiny_config(max_position_embeddings=4200, block_size=64, sparse_block_size=64, dropout=0.0)
+    config = tiny_config(max_position_embeddings=4160, block_size=64, sparse_block_size=64, dropout=0.0)
     model = LSGBartForConditionalGeneration(config).eval()
     input_ids, attention_mask = padded_batch([4100, 4000])
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6)

@@ -233,3 +233,46 @@ def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(save
         attention_calls.append(len(calls))
     assert attention_calls == [1, 2], "checkpointing runs the layer again in the backward pass"
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def with_bart_cross_attention(model):
+    """A copy of `model` that decodes as BART does: encoder outputs repeated per beam, BART's cross-attention."""
+    import copy
+    import functools
+    import inspect
+
+    from transformers import GenerationMixin
+    from transformers.models.bart.modeling_bart import BartAttention
+
+    reference = copy.deepcopy(model)
+    config = reference.config
+    accepted = inspect.signature(BartAttention.__init__).parameters
+    for index, layer in enumerate(reference.model.decoder.layers):
+        settings = dict(embed_dim=config.d_model, num_heads=config.decoder_attention_heads,
+                        dropout=config.attention_dropout, is_decoder=True, config=config, layer_idx=index)
+        plain = BartAttention(**{key: value for key, value in settings.items() if key in accepted})
+        plain.load_state_dict(layer.encoder_attn.state_dict())
+        plain.train(layer.encoder_attn.training)
+        layer.encoder_attn = plain
+    expand = inspect.getattr_static(GenerationMixin, "_expand_inputs_for_generation")
+    if isinstance(expand, staticmethod):  # before transformers 5
+        reference._expand_inputs_for_generation = expand.__func__
+    else:
+        reference._expand_inputs_for_generation = functools.partial(expand, reference)
+    return reference
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_matches_bart_cross_attention_over_repeated_encoder_outputs(saved_folder, num_beams):
+    model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
+    inputs = parity_inputs()
+    settings = dict(num_beams=num_beams, max_new_tokens=8, min_new_tokens=8, output_scores=True,
+                    return_dict_in_generate=True)
+    with torch.no_grad():
+        ours, bart = (
+            candidate.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **settings)
+            for candidate in (model, with_bart_cross_attention(model))
+        )
+    assert torch.equal(ours.sequences, bart.sequences)
+    if num_beams > 1:
+        torch.testing.assert_close(ours.sequences_scores, bart.sequences_scores, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,103 @@
+"""`generate` with one encoder output per input (not per beam): the same tokens and scores as BART's own
+cross-attention over encoder outputs repeated per beam, and keys and values projected once per call."""
+
+import copy
+import functools
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_config
+from transformers import GenerationMixin
+from transformers.models.bart.modeling_bart import BartAttention
+
+from lsg_bart import LSGBartForConditionalGeneration
+from lsg_bart.transformers_compat import accepted_kwargs
+
+
+def with_bart_cross_attention(model):
+    """A copy of `model` that decodes as BART does: encoder outputs repeated per beam, BART's cross-attention."""
+    reference = copy.deepcopy(model)
+    config = reference.config
+    for index, layer in enumerate(reference.model.decoder.layers):
+        plain = BartAttention(
+            embed_dim=config.d_model,
+            num_heads=config.decoder_attention_heads,
+            dropout=config.attention_dropout,
+            is_decoder=True,
+            config=config,
+            **accepted_kwargs(BartAttention.__init__, layer_idx=index),
+        )
+        plain.load_state_dict(layer.encoder_attn.state_dict())
+        plain.train(layer.encoder_attn.training)
+        layer.encoder_attn = plain
+    reference._expand_inputs_for_generation = functools.partial(GenerationMixin._expand_inputs_for_generation, reference)
+    return reference
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return LSGBartForConditionalGeneration(tiny_config(dropout=0.0, attention_dropout=0.0)).eval()
+
+
+SETTINGS = {
+    "greedy": dict(num_beams=1),
+    "beam": dict(num_beams=3, output_scores=True, return_dict_in_generate=True),
+    "beam_returning_2": dict(num_beams=4, num_return_sequences=2, output_scores=True, return_dict_in_generate=True),
+    "sampling_returning_3": dict(do_sample=True, num_return_sequences=3, top_k=20),
+    "beam_without_cache": dict(num_beams=3, use_cache=False),
+}
+
+
+@pytest.mark.parametrize("lengths", [[300, 251], [40, 26, 33], [180]], ids=["lsg", "short", "one"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_same_tokens_and_scores_as_bart_cross_attention(model, setting, lengths):
+    input_ids, attention_mask = padded_batch(lengths)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=7, min_new_tokens=7,
+                  **SETTINGS[setting])
+    results = []
+    for candidate in (model, with_bart_cross_attention(model)):
+        torch.manual_seed(1)  # the same draws when sampling
+        with torch.no_grad():
+            results.append(candidate.generate(**kwargs))
+    ours, bart = results
+    if isinstance(ours, torch.Tensor):
+        assert torch.equal(ours, bart)
+    else:
+        assert torch.equal(ours.sequences, bart.sequences)
+        torch.testing.assert_close(ours.sequences_scores, bart.sequences_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_keys_and_values_are_projected_once_per_input_and_call(model):
+    input_ids, attention_mask = padded_batch([300, 251])
+    key_rows, encoder_rows = [], []
+    hooks = [
+        layer.encoder_attn.k_proj.register_forward_hook(lambda module, args, out: key_rows.append(args[0].shape[0]))
+        for layer in model.model.decoder.layers
+    ]
+    hooks.append(model.model.decoder.layers[0].encoder_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: encoder_rows.append(kwargs["key_value_states"].shape[0]), with_kwargs=True
+    ))
+    try:
+        with torch.no_grad():
+            model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=4, max_new_tokens=6,
+                           min_new_tokens=6)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert key_rows == [2] * len(model.model.decoder.layers)  # once per layer, for the 2 inputs, not 8 beams
+    assert len(encoder_rows) == 6 and set(encoder_rows) == {2}
+    assert all(layer.encoder_attn.remembered is None for layer in model.model.decoder.layers)
+
+
+def test_training_forward_with_labels_matches_bart_cross_attention(model):
+    input_ids, attention_mask = padded_batch([300, 251])
+    labels = input_ids[:, :9].contiguous()
+    losses = []
+    for candidate in (copy.deepcopy(model), with_bart_cross_attention(model)):
+        candidate.train()
+        loss = candidate(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        losses.append((loss, candidate.model.decoder.layers[0].encoder_attn.k_proj.weight.grad))
+    torch.testing.assert_close(losses[0][0], losses[1][0])
+    torch.testing.assert_close(losses[0][1], losses[1][1])
