@@ -1,14 +1,10 @@
-"""LSG-BART: BART with Local + Sparse + Global attention for long inputs, on transformers 5."""
+"""LSG-BART: BART with Local + Sparse + Global attention for long inputs, on transformers 5.
 
-from .configuration_lsg_bart import SPARSITY_TYPES, LSGBartConfig
-from .modeling_lsg_bart import (
-    LSGBartForCausalLM,
-    LSGBartForConditionalGeneration,
-    LSGBartForQuestionAnswering,
-    LSGBartForSequenceClassification,
-    LSGBartModel,
-    LSGBartPreTrainedModel,
-)
+The classes are imported on first use (PEP 562), so that `lsg-bart-convert --help` and its argument errors answer
+before torch and transformers load.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -26,3 +22,19 @@ __all__ = [
     "LSGBartModel",
     "LSGBartPreTrainedModel",
 ]
+
+
+def __getattr__(name):
+    """The package's classes and `SPARSITY_TYPES`, imported on first use. The modelling module is always imported:
+    it registers the classes for the Auto classes, as importing the package used to."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    modeling = importlib.import_module(".modeling_lsg_bart", __name__)
+    configuration = importlib.import_module(".configuration_lsg_bart", __name__)
+    value = getattr(modeling if hasattr(modeling, name) else configuration, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -23,6 +23,7 @@ The output folder is written to a temporary folder beside it and renamed at the 
 """
 
 import argparse
+import fnmatch
 import json
 import logging
 import math
@@ -31,35 +32,32 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from pathlib import Path
 
-import torch
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so leftovers of killed runs are named rather than removed
+    fcntl = None
 
 from . import REMOTE_CODE_FILES
-from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, SPARSITY_TYPES, LSGBartConfig
-from .modeling_lsg_bart import (
-    LSGBartForCausalLM,
-    LSGBartForConditionalGeneration,
-    LSGBartForQuestionAnswering,
-    LSGBartForSequenceClassification,
-    LSGBartModel,
-)
+
+# torch, transformers and the model code are imported where they are first needed (they take seconds to load):
+# `--help`, argument errors and the output-path checks answer before that.
 
 logger = logging.getLogger("lsg_bart.convert")
 
-# BART architecture -> (LSG class, Auto class that loads it, pipeline tag)
+# BART architecture -> (LSG class name, Auto class that loads it, pipeline tag)
 ARCHITECTURES = {
-    "BartModel": (LSGBartModel, "AutoModel", "feature-extraction"),
-    "BartForConditionalGeneration": (LSGBartForConditionalGeneration, "AutoModelForSeq2SeqLM", "summarization"),
+    "BartModel": ("LSGBartModel", "AutoModel", "feature-extraction"),
+    "BartForConditionalGeneration": ("LSGBartForConditionalGeneration", "AutoModelForSeq2SeqLM", "summarization"),
     "BartForSequenceClassification": (
-        LSGBartForSequenceClassification,
+        "LSGBartForSequenceClassification",
         "AutoModelForSequenceClassification",
         "text-classification",
     ),
-    "BartForQuestionAnswering": (LSGBartForQuestionAnswering, "AutoModelForQuestionAnswering", "question-answering"),
-    "BartForCausalLM": (LSGBartForCausalLM, "AutoModelForCausalLM", "text-generation"),
+    "BartForQuestionAnswering": ("LSGBartForQuestionAnswering", "AutoModelForQuestionAnswering", "question-answering"),
+    "BartForCausalLM": ("LSGBartForCausalLM", "AutoModelForCausalLM", "text-generation"),
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 DEFAULT_ARCHITECTURE = "BartForConditionalGeneration"
@@ -74,7 +72,7 @@ ENCODER_DECODER_AUTO_CLASSES = (
 )
 DECODER_AUTO_CLASSES = ("AutoModelForCausalLM",)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes
 
 # Fields that only an LSG config has: their presence marks an LSG source (a legacy one has model_type "bart").
 LSG_FIELDS = ("sparsity_type", "block_size", "sparse_block_size", "sparsity_factor", "num_global_tokens")
@@ -118,6 +116,8 @@ class ConversionWarning(UserWarning):
 
 def tile_positions(weight, max_sequence_length, offset=POSITION_OFFSET):
     """Keep the `offset` rows, then tile the learned rows `[offset:]` to `max_sequence_length` rows (or cut them)."""
+    import torch
+
     learned = weight[offset:]
     repeats = math.ceil(max_sequence_length / learned.shape[0])
     return torch.cat([weight[:offset], learned.repeat(repeats, 1)[:max_sequence_length]], dim=0)
@@ -125,6 +125,8 @@ def tile_positions(weight, max_sequence_length, offset=POSITION_OFFSET):
 
 def _gaussian_rows(rows, num_rows, generator):
     """`num_rows` rows drawn from a Gaussian with the per-dimension mean and std of `rows` (float32)."""
+    import torch
+
     rows = rows.float()
     mean = rows.mean(0)
     std = rows.std(0) if rows.shape[0] > 1 else torch.zeros_like(mean)
@@ -132,13 +134,19 @@ def _gaussian_rows(rows, num_rows, generator):
     return mean + std * noise
 
 
-def positional_global_rows(positions, global_positional_stride=64, generator=None, num_rows=MAX_GLOBAL_TOKENS):
+def positional_global_rows(positions, global_positional_stride=64, generator=None, num_rows=None):
     """The learned position rows `(P, d)` brought to `num_rows` rows and reordered with the stride (LSG-SPEC 6.3).
 
     P a multiple of 512: every (P/512)-th row; P above 512: cut to a multiple first; P below 512: Gaussian rows
     appended (drawn with `generator`). Then, with `k = floor(P/512)` (1 when padded) and `s = stride // k`, the 512
-    rows are seen as a `(512/s) x s` grid read column by column.
+    rows are seen as a `(512/s) x s` grid read column by column. `num_rows` defaults to `MAX_GLOBAL_TOKENS` (512).
     """
+    import torch
+
+    from .configuration_lsg_bart import MAX_GLOBAL_TOKENS
+
+    num_rows = MAX_GLOBAL_TOKENS if num_rows is None else num_rows
+
     if not isinstance(global_positional_stride, int) or global_positional_stride < 1:
         raise ValueError(f"invalid global_positional_stride={global_positional_stride!r}; expected a positive integer")
     positions = positions.float()
@@ -160,6 +168,8 @@ def positional_global_rows(positions, global_positional_stride=64, generator=Non
 
 def sample_like_embeddings(embeddings, num_rows, generator=None):
     """`num_rows` rows drawn from a multivariate Gaussian fitted (mean, covariance) to the embedding table."""
+    import torch
+
     table = embeddings.float()
     mean = table.mean(0)
     centred = table - mean
@@ -224,18 +234,29 @@ def make_global_embeddings(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def json_object(text):
+    """`--model_kwargs` text as a dict; `ValueError` naming the flag unless it is a JSON object (or empty)."""
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--model_kwargs is not valid JSON ({error}): {text!r}; expected an object such as "
+            '\'{"block_size": 128, "sparsity_type": "norm"}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--model_kwargs must be a JSON object (a dict of config fields), got {text!r}")
+    return value
+
+
 def parse_model_kwargs(model_kwargs):
-    """`--model_kwargs` as a dict: a dict is returned as is, a string is parsed as a JSON object."""
+    """`--model_kwargs` as a dict of known config fields: a dict is checked as is, a string is parsed as a JSON
+    object. Values are checked by `LSGBartConfig` when the config is made."""
+    from .configuration_lsg_bart import LSGBartConfig
+
     if model_kwargs is None:
         return {}
     if isinstance(model_kwargs, str):
-        try:
-            model_kwargs = json.loads(model_kwargs) if model_kwargs.strip() else {}
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"--model_kwargs is not valid JSON ({error}): {model_kwargs!r}; expected an object such as "
-                '\'{"block_size": 128, "sparsity_type": "norm"}\''
-            ) from None
+        model_kwargs = json_object(model_kwargs)
     if not isinstance(model_kwargs, dict):
         raise ValueError(f"--model_kwargs must be a JSON object (a dict of config fields), got {model_kwargs!r}")
     known = LSGBartConfig()
@@ -268,6 +289,8 @@ def resolve_architecture(architecture, config_dict):
 
 def load_source_config(initial_model, token=None):
     """The source's config.json as a dict (a local folder or a Hub id)."""
+    from .configuration_lsg_bart import LSGBartConfig
+
     try:
         config_dict, _ = LSGBartConfig.get_config_dict(str(initial_model), token=token)
     except (OSError, ValueError) as error:
@@ -288,10 +311,21 @@ def is_lsg_config(config_dict):
 
 def make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs, dtype=None):
     """`LSGBartConfig` from the source config, the LSG settings and the new length; invalid settings -> ValueError."""
+    from .configuration_lsg_bart import LSGBartConfig
+
     values = {key: value for key, value in config_dict.items() if key not in _DROPPED_CONFIG_KEYS}
     values.update(model_kwargs)
     values["max_position_embeddings"] = max_sequence_length
-    values["architectures"] = [ARCHITECTURES[architecture][0].__name__]
+    values["architectures"] = [ARCHITECTURES[architecture][0]]
+    bs = values.get("block_size", LSGBartConfig.block_size)
+    # Checked before the config (which names the nearest block sizes): here the length is what the user chooses.
+    if is_exactly_int(bs) and bs > 0 and max_sequence_length > 2 * bs and max_sequence_length % bs != 0:
+        lower, upper = max_sequence_length // bs * bs, (max_sequence_length // bs + 1) * bs
+        raise ValueError(
+            f"invalid LSG settings: max_sequence_length={max_sequence_length} is not a multiple of "
+            f"block_size={bs}, so an input of that length would be padded past the position table; use "
+            f"{lower} or {upper}"
+        )
     try:
         config = LSGBartConfig(**values)
     except ValueError as error:
@@ -300,28 +334,25 @@ def make_lsg_config(config_dict, architecture, max_sequence_length, model_kwargs
         if type(error).__name__.startswith("StrictDataclass"):
             raise ValueError(f"invalid LSG settings: {error}") from None
         raise
-    bs = config.block_size
-    if max_sequence_length > 2 * bs and max_sequence_length % bs != 0:
-        lower, upper = max_sequence_length // bs * bs, (max_sequence_length // bs + 1) * bs
-        raise ValueError(
-            f"invalid LSG settings: max_sequence_length={max_sequence_length} is not a multiple of "
-            f"block_size={bs}, so an input of that length would be padded past the position table; use "
-            f"{lower} or {upper}"
-        )
     if dtype is not None:
         config.dtype = dtype
     return config
 
 
+def is_exactly_int(value):
+    """Whether `value` is an int and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_length(max_sequence_length):
-    if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+    if not is_exactly_int(max_sequence_length) or max_sequence_length < 1:
         raise ValueError(f"invalid max_sequence_length={max_sequence_length!r}; expected a positive integer")
 
 
 def _check_dtype(dtype):
     if dtype is None:
         return None
-    if isinstance(dtype, torch.dtype):
+    if not isinstance(dtype, str):  # a torch.dtype
         dtype = str(dtype).removeprefix("torch.")
     if dtype not in DTYPES:
         raise ValueError(f"invalid dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -383,10 +414,19 @@ def _load_tokenizer(initial_model, token):
         return None
 
 
+def lsg_class(architecture):
+    """The LSG-BART class of a BART architecture name."""
+    from . import modeling_lsg_bart
+
+    return getattr(modeling_lsg_bart, ARCHITECTURES[architecture][0])
+
+
 def _load_source_model(initial_model, config_dict, architecture, lsg_source, token):
     import transformers
 
-    cls = ARCHITECTURES[architecture][0] if lsg_source else getattr(transformers, architecture)
+    from .configuration_lsg_bart import LSGBartConfig
+
+    cls = lsg_class(architecture) if lsg_source else getattr(transformers, architecture)
     kwargs = {"token": token, "dtype": "auto", "output_loading_info": True}
     if lsg_source:
         # A legacy config (model_type "bart") is read by this project's config class, whatever its auto_map says.
@@ -429,6 +469,8 @@ def convert_model(
     """Convert in memory. Returns `(model, tokenizer, info)`: the LSG model (eval mode), the source tokenizer with
     `model_max_length = max_sequence_length` (or `None` if the source has none), and a dict describing the
     conversion (used for the model card). Arguments as in [`convert_checkpoint`]."""
+    import torch
+
     _check_length(max_sequence_length)
     dtype = _check_dtype(dtype)
     model_kwargs = parse_model_kwargs(model_kwargs)
@@ -465,7 +507,7 @@ def convert_model(
     tokenizer = _load_tokenizer(initial_model, token)
     source = _load_source_model(initial_model, config_dict, architecture, lsg_source, token)
     source_dtype = source.dtype
-    out_dtype = DTYPES[dtype] if dtype is not None else source_dtype
+    out_dtype = getattr(torch, dtype) if dtype is not None else source_dtype
     config.dtype = str(out_dtype).removeprefix("torch.")
 
     prefix = "" if architecture == "BartModel" else "model."
@@ -502,14 +544,14 @@ def convert_model(
             if key in state:
                 state[key] = tile_positions(state[key], max_sequence_length)
 
-    lsg_class = ARCHITECTURES[architecture][0]
+    target_class = lsg_class(architecture)
     with torch.device("meta"):
-        model = lsg_class(config)
+        model = target_class(config)
     expected = set(model.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise RuntimeError(
-            f"weights do not match {lsg_class.__name__}: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            f"weights do not match {target_class.__name__}: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
@@ -527,7 +569,7 @@ def convert_model(
     info = {
         "initial_model": str(initial_model),
         "architecture": architecture,
-        "lsg_class": lsg_class.__name__,
+        "lsg_class": target_class.__name__,
         "auto_class": ARCHITECTURES[architecture][1],
         "pipeline_tag": ARCHITECTURES[architecture][2],
         "source": "LSG-BART" if lsg_source else "BART",
@@ -637,6 +679,8 @@ def save_converted(model, tokenizer, info, folder):
 
 
 def _test_inputs(length, config, tokenizer, generator):
+    import torch
+
     special = {config.bos_token_id, config.eos_token_id, config.pad_token_id, config.decoder_start_token_id}
     if tokenizer is not None:
         special |= set(tokenizer.all_special_ids)
@@ -647,9 +691,19 @@ def _test_inputs(length, config, tokenizer, generator):
     return ids
 
 
+# Inputs of the Auto classes other than the checkpoint's own: long enough for the LSG path (more than 2 blocks).
+SHORT_TEST_BLOCKS = 4
+
+
 def run_checkpoint_test(folder, max_sequence_length=None, seed=0):
-    """Load `folder` with AutoTokenizer and each Auto class (`trust_remote_code=True`), and run an input of
-    `max_sequence_length` tokens (default: the config's) through each model. Returns the seconds each took."""
+    """Load `folder` with AutoTokenizer and each Auto class (`trust_remote_code=True`) and run an input through each
+    model: `max_sequence_length` tokens (default: the config's) through the class of the checkpoint's own
+    architecture, and `SHORT_TEST_BLOCKS * block_size` tokens (at most that length) through the others, which share
+    the encoder and decoder and differ only in their heads. Logs a line before and after each class.
+
+    Returns `{auto class name: seconds}`.
+    """
+    import torch
     import transformers
 
     folder = str(folder)
@@ -661,10 +715,18 @@ def run_checkpoint_test(folder, max_sequence_length=None, seed=0):
         if tokenizer.model_max_length != length:
             raise RuntimeError(f"tokenizer model_max_length is {tokenizer.model_max_length}, expected {length}")
     generator = torch.Generator().manual_seed(seed)
-    input_ids = _test_inputs(length, config, tokenizer, generator)
-    decoder_only = not config.is_encoder_decoder
+    short = min(length, SHORT_TEST_BLOCKS * config.block_size)
+    inputs = {length: _test_inputs(length, config, tokenizer, generator)}
+    inputs[short] = inputs[length][:, :short].clone()
+    inputs[short][0, -1] = config.eos_token_id
+    own = {lsg_name: auto for lsg_name, auto, _ in ARCHITECTURES.values()}.get((config.architectures or [None])[0])
+    classes = DECODER_AUTO_CLASSES if not config.is_encoder_decoder else ENCODER_DECODER_AUTO_CLASSES
+    classes = sorted(classes, key=lambda name: name != own)  # the full-length run first
     timings = {}
-    for auto_name in DECODER_AUTO_CLASSES if decoder_only else ENCODER_DECODER_AUTO_CLASSES:
+    for index, auto_name in enumerate(classes, 1):
+        tokens = length if auto_name == own or len(classes) == 1 else short
+        input_ids = inputs[tokens]
+        logger.info("  test %d/%d %s: loading, then a %d-token input ...", index, len(classes), auto_name, tokens)
         start = time.perf_counter()
         auto_class = getattr(transformers, auto_name)
         verbosity = transformers.logging.get_verbosity()
@@ -677,50 +739,230 @@ def run_checkpoint_test(folder, max_sequence_length=None, seed=0):
             outputs = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
         main = outputs[0]
         if not torch.isfinite(main.float()).all():
-            raise RuntimeError(f"{auto_name}: non-finite outputs on a {length}-token input")
+            raise RuntimeError(f"{auto_name}: non-finite outputs on a {tokens}-token input")
         encoder_states = getattr(outputs, "encoder_last_hidden_state", None)
         if encoder_states is not None:
-            expected = length + (config.num_global_tokens if config.pass_global_tokens_to_decoder else 0)
+            expected = tokens + (config.num_global_tokens if config.pass_global_tokens_to_decoder else 0)
             if encoder_states.shape[1] != expected:
-                raise RuntimeError(f"{auto_name}: encoder output has {encoder_states.shape[1]} positions, expected {expected}")
+                raise RuntimeError(
+                    f"{auto_name}: encoder output has {encoder_states.shape[1]} positions, expected {expected}"
+                )
         timings[auto_name] = time.perf_counter() - start
-        logger.info("  test %s (%s): %d tokens -> %s in %.1fs", auto_name, type(model).__name__, length,
-                    tuple(main.shape), timings[auto_name])
+        logger.info("  test %d/%d %s (%s): %d tokens -> %s in %.1fs", index, len(classes), auto_name,
+                    type(model).__name__, tokens, tuple(main.shape), timings[auto_name])
         del model, outputs
     return timings
 
 
-def _check_output_folder(output, initial_model, overwrite):
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"output {str(output)!r} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {str(output)!r} is not empty; pass --overwrite (overwrite=True) to replace it")
-    source = Path(initial_model)
-    if source.is_dir():
-        source, target = source.resolve(), output.resolve()
+# ---------------------------------------------------------------------------------------------------------------
+# The output folder: what may be replaced, work folders, publishing
+# ---------------------------------------------------------------------------------------------------------------
+
+# What a BART / LSG-BART checkpoint folder holds (save_pretrained, the tokenizers, this converter, the Hub's BART
+# repositories): --overwrite replaces a folder that has a BART config.json and nothing but these.
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "README.md",
+    ".gitattributes",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+    "flax_model.msgpack",
+    "tf_model.h5",
+    "rust_model.ot",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
+    *TOKENIZER_FILES,
+    *REMOTE_CODE_FILES,
+)
+
+# Each run writes into a hidden work folder `.NAME.<random>.tmp/` beside the output, which holds this marker (what
+# tells a later run that the folder is this program's), `new/NAME` (the checkpoint being written) and, while an
+# --overwrite is published, `previous/NAME` (the old output). The run holds a lock on the marker until it ends, so a
+# later run on the same output knows a folder whose marker it can lock is left over from a killed run.
+WORK_MARKER = "lsg-bart-convert.json"
+WRITTEN_BY = "lsg-bart-convert"
+
+
+def _shown(names, limit=10):
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_output_path(model_name, initial_model):
+    """The output folder `model_name` as a `Path`, after the checks that need neither the disk's contents nor any
+    heavy import. `ValueError` for an empty name; for the current directory, the home directory, `/` or a folder
+    that contains one of them; for the source folder, a folder inside it or a folder that contains it."""
+    name = str(model_name)
+    if not name.strip():
+        raise ValueError("--model_name is empty; give the name of a new folder for the converted checkpoint")
+    output = Path(name)
+    target = output.resolve()
+    if target == Path(target.anchor):
+        raise ValueError(f"--model_name {name!r} is the root folder; give a new folder for the converted checkpoint")
+    for what, folder in (("the current directory", Path.cwd()), ("the home directory", Path.home())):
+        folder = folder.resolve()
+        if target == folder or target in folder.parents:
+            relation = "is" if target == folder else "contains"
+            raise ValueError(
+                f"--model_name {name!r} {relation} {what} ({folder}); give a new folder for the converted checkpoint"
+            )
+    source = Path(str(initial_model))
+    if source.exists():
+        source = source.resolve()
         if target == source or source in target.parents:
-            raise ValueError(f"output {str(output)!r} is the source folder or inside it; the source is never written to")
+            where = "is the source folder" if target == source else "is inside the source folder"
+            raise ValueError(f"--model_name {name!r} {where} {str(initial_model)!r}; the source is never written to")
+        if target in source.parents:
+            raise ValueError(
+                f"--model_name {name!r} contains the source {str(initial_model)!r}, which replacing it would remove"
+            )
     return output
 
 
-def _publish(temporary, output):
-    """Rename the complete `temporary` folder to `output`; an old `output` is removed only after that."""
-    old = None
-    if output.is_dir():
-        if any(output.iterdir()):
-            old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(output, old)
-        else:
-            output.rmdir()
+def _checkpoint_problem(folder, entries):
+    """Why `folder` (holding `entries`) is not a BART / LSG-BART checkpoint and nothing else, or None."""
+    unexpected = [
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in entries
+        if entry.is_dir() or not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in CHECKPOINT_FILES)
+    ]
+    if unexpected:
+        return f"{_shown(unexpected)} {'is' if len(unexpected) == 1 else 'are'} not part of a BART / LSG-BART checkpoint"
     try:
-        os.replace(temporary, output)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except FileNotFoundError:
+        return "it holds no config.json"
+    except (OSError, ValueError, AttributeError) as error:
+        return f"its config.json cannot be read as a model config ({type(error).__name__})"
+    if model_type not in BART_MODEL_TYPES:
+        return f"its config.json is not a BART / LSG-BART config (model_type={model_type!r})"
+    return None
+
+
+def check_replaceable(output, overwrite):
+    """`FileExistsError` unless `output` is absent, an empty folder, or, with `overwrite`, a folder that holds a
+    BART / LSG-BART checkpoint and nothing else. The message lists what `--overwrite` would have removed."""
+    if not os.path.lexists(output):
+        return
+    if not output.is_dir():
+        raise FileExistsError(f"output {str(output)!r} exists and is not a folder")
+    entries = sorted(output.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output folder {str(output)!r} is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
+    problem = _checkpoint_problem(output, entries)
+    if problem is not None:
+        names = [entry.name + ("/" if entry.is_dir() else "") for entry in entries]
+        raise FileExistsError(
+            f"--overwrite would remove everything in {str(output)!r} ({_shown(names)}), but {problem}; nothing was "
+            "removed: empty that folder yourself or give another --model_name"
+        )
+
+
+def _work_folders(output):
+    """This program's work folders for `output` (beside it), each with whether its marker's lock can be taken."""
+    parent = output.absolute().parent
+    if not parent.is_dir():
+        return []
+    prefix = f".{output.name}."
+    found = []
+    for path in sorted(parent.iterdir()):
+        if not (path.name.startswith(prefix) and path.name.endswith(".tmp")) or path.is_symlink() or not path.is_dir():
+            continue
+        marker = path / WORK_MARKER
+        if not marker.is_file():
+            if not any(path.iterdir()):  # killed before it wrote its marker: an empty folder, nothing to lose
+                found.append(path)
+            continue
+        text = marker.read_text(encoding="utf-8")
+        try:
+            record = json.loads(text) if text else None  # empty: killed while writing the marker
+        except ValueError:
+            continue
+        if record is None or (record.get("written_by"), record.get("output")) == (WRITTEN_BY, output.name):
+            found.append(path)
+    return found
+
+
+def remove_leftovers(output):
+    """Remove the work folders that killed runs (SIGKILL, out of memory) left beside `output`; an old output that a
+    run killed in the middle of `--overwrite` had moved aside is put back first. Folders whose run is still going
+    are left alone; without file locks (Windows) the folders are only named in a warning."""
+    for work in _work_folders(output):
+        if fcntl is None:
+            warnings.warn(
+                f"{work} was left by an interrupted conversion to {str(output)!r}; remove it if no other conversion "
+                "is running",
+                ConversionWarning,
+                stacklevel=2,
+            )
+            continue
+        marker = work / WORK_MARKER
+        if not marker.exists():
+            work.rmdir()
+            continue
+        with open(marker, "a", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("%s belongs to a conversion that is still running; left alone", work)
+                continue
+            _discard(work, output)
+        logger.info("Removed %s, left by an interrupted conversion", work)
+
+
+def _start_work(output):
+    """A new work folder beside `output`, with its marker written and locked. Returns `(folder, marker handle)`:
+    closing the handle (or the process ending, however it ends) releases the lock."""
+    parent = output.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
+    handle = open(work / WORK_MARKER, "w", encoding="utf-8")
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    json.dump({"written_by": WRITTEN_BY, "output": output.name, "pid": os.getpid()}, handle)
+    handle.flush()
+    return work, handle
+
+
+def _discard(work, output):
+    """Remove the work folder `work`, putting the old output back if the run stopped between the two renames of
+    `_publish`. The marker goes last, so that a run killed in here still leaves a folder the next run recognises."""
+    previous = work / "previous" / output.name
+    if previous.exists() and not os.path.lexists(output):
+        os.replace(previous, output)
+        logger.warning("Put %s back: an interrupted --overwrite had moved it aside", output)
+    for entry in work.iterdir():
+        if entry.name == WORK_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (work / WORK_MARKER).unlink(missing_ok=True)
+    work.rmdir()
+
+
+def _publish(work, output, overwrite):
+    """Rename the complete checkpoint `work/new/NAME` to `output`. An old `output` is checked again (it may have
+    changed during the conversion) and moved into `work/previous/` first; `_discard` removes it afterwards."""
+    if os.path.lexists(output):
+        check_replaceable(output, overwrite)
+        if output.is_dir() and not any(output.iterdir()):
+            output.rmdir()
+        else:
+            (work / "previous").mkdir()
+            os.replace(output, work / "previous" / output.name)
+    os.replace(work / "new" / output.name, output)
 
 
 def push_folder_to_hub(folder, repo_id, private=False, token=None, commit_message=None):
@@ -759,9 +1001,12 @@ def convert_checkpoint(
     """Convert `initial_model` (a local folder or Hub id of a BART or LSG-BART checkpoint) and save it to the
     folder `model_name`. Returns the output folder as a `Path`.
 
+    The checkpoint is written into a hidden work folder beside the output and renamed to it at the end: the output
+    is complete or absent. Work folders left by killed runs on the same output are removed first.
+
     Args:
         initial_model: the source checkpoint.
-        model_name: the output folder; refused if not empty unless `overwrite`.
+        model_name: the output folder; never the source, a folder around it, the current or home directory.
         max_sequence_length: the new maximum length (position tables, tokenizer `model_max_length`).
         architecture: one of `SUPPORTED_ARCHITECTURES` (default: the source config's `architectures`).
         random_global_init: global embeddings from a Gaussian fitted to the token embeddings instead of the
@@ -772,19 +1017,23 @@ def convert_checkpoint(
         model_kwargs: dict or JSON string of config fields (the LSG settings: block_size, sparse_block_size,
             sparsity_factor, sparsity_type, num_global_tokens, ...).
         seed: seed of every random draw (Gaussian rows, heads missing from the source).
-        run_test: load the result with each Auto class and run a `max_sequence_length`-token input before saving.
+        run_test: before publishing, load the result with each Auto class and run inputs through them
+            (`run_checkpoint_test`).
         push_to_hub: a Hub repository id to upload the finished folder to (`private`, `token`).
-        overwrite: replace a non-empty output folder (only once the new one is complete).
+        overwrite: replace a non-empty output folder, if it holds a BART / LSG-BART checkpoint and nothing else
+            (only once the new one is complete).
         dtype: `"float32"`, `"float16"` or `"bfloat16"` (default: the source's).
 
     Raises:
-        ValueError: a bad argument, a source that is not BART, invalid LSG settings.
-        FileExistsError: a non-empty output folder without `overwrite`.
+        ValueError: a bad argument or output path, a source that is not BART, invalid LSG settings.
+        FileExistsError: a non-empty output folder without `overwrite`, or one that is not a checkpoint.
     """
+    output = check_output_path(model_name, initial_model)
     _check_length(max_sequence_length)
     _check_dtype(dtype)
     parse_model_kwargs(model_kwargs)
-    output = _check_output_folder(model_name, initial_model, overwrite)
+    remove_leftovers(output)
+    check_replaceable(output, overwrite)
 
     start = time.perf_counter()
     model, tokenizer, info = convert_model(
@@ -806,25 +1055,22 @@ def convert_checkpoint(
         max_sequence_length, time.perf_counter() - start,
     )
 
-    parent = output.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
+    work, marker = _start_work(output)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        temporary.chmod(0o777 & ~umask)  # mkdtemp makes it private
+        checkpoint = work / "new" / output.name
+        checkpoint.mkdir(parents=True)
         start = time.perf_counter()
-        save_converted(model, tokenizer, info, temporary)
+        save_converted(model, tokenizer, info, checkpoint)
         logger.info("Saved in %.1fs", time.perf_counter() - start)
         del model
         if run_test:
             start = time.perf_counter()
-            run_checkpoint_test(temporary, max_sequence_length, seed=seed)
+            run_checkpoint_test(checkpoint, max_sequence_length, seed=seed)
             logger.info("Test passed in %.1fs", time.perf_counter() - start)
-        _publish(temporary, output)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        _publish(work, output, overwrite)
+    finally:
+        _discard(work, output)
+        marker.close()
     logger.info("Wrote %s", output)
 
     if push_to_hub:
@@ -850,15 +1096,28 @@ def convert_checkpoint(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose errors are one line: `PROG: error: MESSAGE` (the usage is for --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    """The `lsg-bart-convert` argument parser."""
+    parser = OneLineErrorParser(
         prog="lsg-bart-convert",
         description="Convert a BART checkpoint (local folder or Hub id) to LSG-BART for long inputs, or resize / "
-        "upgrade an LSG-BART checkpoint. The output folder loads with trust_remote_code=True.",
+        "upgrade an LSG-BART checkpoint. The output folder loads with trust_remote_code=True. Converting a "
+        "bart-base-sized model takes seconds; errors are one line (exit status 2 for bad arguments).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--initial_model", required=True, help="source checkpoint: a local folder or a Hub model id")
-    parser.add_argument("--model_name", required=True, help="output folder of the converted checkpoint")
+    parser.add_argument(
+        "--model_name", required=True,
+        help="output folder of the converted checkpoint; never the source or a folder around it, nor the current "
+        "or home directory",
+    )
     parser.add_argument(
         "--max_sequence_length", type=int, default=4096,
         help="maximum input length of the converted model (position tables are tiled to it)",
@@ -888,21 +1147,28 @@ def build_parser():
     parser.add_argument(
         "--model_kwargs", default="{}",
         help='config fields as a JSON object, e.g. \'{"block_size": 128, "sparse_block_size": 128, '
-        '"sparsity_factor": 2, "sparsity_type": "norm", "num_global_tokens": 1}\'; sparsity_type is one of '
-        f"{', '.join(SPARSITY_TYPES)}",
+        '"sparsity_factor": 2, "sparsity_type": "norm", "num_global_tokens": 1}\'; an invalid value is refused '
+        "with what is allowed (sparsity_type: norm, pooling, lsh, stride, block_stride, bos_pooling or none)",
     )
     parser.add_argument("--seed", type=int, default=123, help="seed of the random draws (Gaussian rows, new heads)")
     parser.add_argument(
         "--run_test", action="store_true",
-        help="before publishing, load the result with each AutoModel* class (trust_remote_code=True) and run an input "
-        "of max_sequence_length tokens",
+        help="before publishing, load the result with each AutoModel* class (trust_remote_code=True) and run an "
+        "input through it: max_sequence_length tokens through the checkpoint's own class, "
+        f"{SHORT_TEST_BLOCKS} x block_size tokens through the others. Costs 5 loads of the checkpoint and about one "
+        "full-length forward pass (tens of seconds for a bart-base-sized model at 4,096 tokens on a few CPU cores, "
+        "a few minutes at 16,384); one progress line per class",
     )
     parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="upload the result to this Hub repository")
     parser.add_argument("--private", action="store_true", help="with --push_to_hub: create a private repository")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument(
-        "--dtype", choices=tuple(DTYPES), default=None, help="dtype of the saved weights (default: the source's)"
+        "--overwrite", action="store_true",
+        help="replace a non-empty output folder, if it holds a BART / LSG-BART checkpoint and nothing else "
+        "(otherwise refused, naming what would have been removed); the old folder goes once the new one is complete",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="dtype of the saved weights (default: the source's)"
     )
     return parser
 
@@ -912,11 +1178,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None):
-    """Entry point of `lsg-bart-convert`."""
+    """Entry point of `lsg-bart-convert`. Returns the exit status: 0 done, 1 failed, 2 bad arguments (raised as
+    `SystemExit` by the parser), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        model_kwargs = parse_model_kwargs(args.model_kwargs)
+        model_kwargs = json_object(args.model_kwargs)
+        check_output_path(args.model_name, args.initial_model)  # before the seconds that torch takes to load
     except ValueError as error:
         parser.error(str(error))
 

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +58,15 @@ def weights(folder):
 
 def folder_digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
+
+
+def tree_digest(folder):
+    """Every file and folder under `folder` (hidden ones too), relative path -> sha256 of the file (None: a folder)."""
+    folder = Path(folder)
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def strided_reference(rows, stride, k):
@@ -423,13 +434,20 @@ def test_loads_in_fresh_process_without_the_package(tiny_bart, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_run_test_loads_every_auto_class_at_full_length(tiny_bart, tmp_path, caplog):
+def test_run_test_runs_its_own_class_at_full_length_and_the_others_short(tiny_bart, tmp_path, caplog):
     caplog.set_level("INFO", logger="lsg_bart.convert")
     convert_checkpoint(tiny_bart, tmp_path / "lsg", 208, model_kwargs=SMALL_LSG, run_test=True)
-    tested = [r.getMessage() for r in caplog.records if r.getMessage().strip().startswith("test ")]
-    for name in ["AutoModel", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification",
-                 "AutoModelForQuestionAnswering", "AutoModelForCausalLM"]:
-        assert any(f"test {name} (" in m and "208 tokens" in m for m in tested), (name, tested)
+    tested = [r.getMessage().strip() for r in caplog.records if r.getMessage().strip().startswith("test ")]
+    # One line before each class (so that a long run shows where it is) and one after; the checkpoint's own class
+    # (seq2seq) first, at the full length; the others on 4 blocks of 16 tokens.
+    order = ["AutoModelForSeq2SeqLM", "AutoModel", "AutoModelForSequenceClassification",
+             "AutoModelForQuestionAnswering", "AutoModelForCausalLM"]
+    assert len(tested) == 2 * len(order)
+    for index, name in enumerate(order):
+        tokens = 208 if index == 0 else 64
+        before, after = tested[2 * index : 2 * index + 2]
+        assert before == f"test {index + 1}/5 {name}: loading, then a {tokens}-token input ...", before
+        assert after.startswith(f"test {index + 1}/5 {name} (") and f"{tokens} tokens ->" in after, after
 
 
 def test_run_test_of_decoder_only_checkpoint(tiny_bart, tmp_path):
@@ -455,38 +473,49 @@ def test_failed_run_test_leaves_nothing(tiny_bart, tmp_path, monkeypatch):
 
 
 def test_interrupted_run_leaves_no_partial_folder(tiny_bart, tmp_path, monkeypatch):
+    old = convert_checkpoint(tiny_bart, tmp_path / "old", 256, model_kwargs=SMALL_LSG, seed=1)
+    before = folder_digest(old)
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(convert_module, "model_card", interrupted)  # after the weights are written
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(tiny_bart, tmp_path / "new", 256, model_kwargs=SMALL_LSG)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
 
     # An interrupted --overwrite keeps the old folder as it was.
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "keep.txt").write_text("previous model")
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(tiny_bart, old, 256, model_kwargs=SMALL_LSG, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
-    assert [p.name for p in old.iterdir()] == ["keep.txt"]
+    assert folder_digest(old) == before
 
 
-def test_non_empty_output_refused_without_overwrite(tiny_bart, tmp_path):
+def test_overwrite_replaces_a_previous_checkpoint_only(tiny_bart, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
         convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG)
+    with pytest.raises(FileExistsError, match=r"would remove everything in .*\(notes.txt\), but notes.txt is not part"):
+        convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
 
-    convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG, overwrite=True)
-    assert not (out / "notes.txt").exists() and (out / "model.safetensors").exists()
+    empty = convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG, seed=1)  # an empty folder is taken
+    first = folder_digest(empty)
+    convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG, seed=2, overwrite=True)  # a checkpoint is replaced
+    second = folder_digest(out)
+    assert second.keys() == first.keys() and second["model.safetensors"] != first["model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert (convert_checkpoint(tiny_bart, empty, 256, model_kwargs=SMALL_LSG) / "config.json").exists()
+
+    # A checkpoint with anything else in it (a file, a folder) is not replaced, and the message lists it all.
+    (out / "eval").mkdir()
+    (out / "eval" / "scores.json").write_text("{}")
+    before = tree_digest(tmp_path)
+    with pytest.raises(FileExistsError, match=r"config.json, .*eval/.*, but eval/ is not part of a BART"):
+        convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG, overwrite=True)
+    assert tree_digest(tmp_path) == before
 
 
 def test_source_is_never_the_output(tiny_bart, tmp_path):
@@ -495,6 +524,115 @@ def test_source_is_never_the_output(tiny_bart, tmp_path):
         with pytest.raises(ValueError, match="source"):
             convert_checkpoint(tiny_bart, target, 256, model_kwargs=SMALL_LSG, overwrite=True)
     assert folder_digest(tiny_bart) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Killed runs (SIGKILL, the OOM killer): what they leave, the next run removes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _hidden(folder):
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
+
+
+def _killed_conversion(point, source, output, **kwargs):
+    """Run `convert_checkpoint(source, output, 256, ...)` in a forked child, stop it at `point` and SIGKILL it there.
+
+    `point` names a function of the converter (the child stops when it is called) or "between renames" (the child
+    stops once `--overwrite` has moved the old output aside, before the new one is renamed into place).
+    """
+    ready, signal_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(ready)
+            torch.set_num_threads(1)  # a forked OpenMP pool must not be used
+
+            def stop():
+                os.write(signal_end, b"x")
+                time.sleep(120)
+
+            if point == "between renames":
+                real_replace = os.replace
+
+                def replace(src, dst):
+                    real_replace(src, dst)
+                    if Path(dst).parent.name == "previous":
+                        stop()
+
+                os.replace = replace
+            else:
+                setattr(convert_module, point, lambda *args, **kw: stop())
+            convert_checkpoint(source, output, 256, model_kwargs=SMALL_LSG, **kwargs)
+        finally:
+            os._exit(1)
+    os.close(signal_end)
+    try:
+        readable, _, _ = select.select([ready], [], [], 120)
+        assert readable and os.read(ready, 1) == b"x", f"the conversion ended before reaching {point!r}"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready)
+
+
+@pytest.mark.parametrize(
+    "point, run_test",
+    [
+        ("save_converted", False),  # the work folder made, nothing written in it yet
+        ("model_card", False),  # the weights and tokenizer written, not the model card
+        ("_test_inputs", True),  # during --run_test: the checkpoint complete, being loaded
+        ("push_folder_to_hub", False),  # after publishing: a normal end for the checkpoint
+    ],
+)
+def test_sigkill_leftovers_removed_by_the_next_run(point, run_test, tiny_bart, tmp_path):
+    output = tmp_path / "lsg"
+    push = "me/lsg" if point == "push_folder_to_hub" else None
+    _killed_conversion(point, tiny_bart, output, run_test=run_test, push_to_hub=push)
+    left = _hidden(tmp_path)  # what the killed run left: its work folder, unless it had finished with it
+    assert left == [] if push else len(left) == 1 and left[0].startswith(".lsg.") and left[0].endswith(".tmp")
+    convert_checkpoint(tiny_bart, output, 256, model_kwargs=SMALL_LSG, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["lsg"]
+    assert (output / "model.safetensors").exists() and (output / "README.md").exists()
+
+
+def test_sigkill_between_the_renames_of_overwrite_puts_the_old_output_back(tiny_bart, tmp_path):
+    output = convert_checkpoint(tiny_bart, tmp_path / "lsg", 256, model_kwargs=SMALL_LSG, seed=1)
+    before = tree_digest(output)
+    _killed_conversion("between renames", tiny_bart, output, overwrite=True, seed=2)
+    assert not output.exists()  # the old checkpoint is inside the hidden work folder
+    with pytest.raises(FileExistsError, match="not empty"):  # the next run puts it back, then sees it
+        convert_checkpoint(tiny_bart, output, 256, model_kwargs=SMALL_LSG)
+    assert [p.name for p in tmp_path.iterdir()] == ["lsg"]
+    assert tree_digest(output) == before
+
+
+def test_leftovers_of_running_or_other_conversions_are_left_alone(tiny_bart, tmp_path):
+    output = tmp_path / "lsg"
+    running, marker = convert_module._start_work(output)  # a live run holds its marker's lock
+    other, other_marker = convert_module._start_work(tmp_path / "lsg.v2")  # `.lsg.v2.*.tmp` starts like ours
+    other_marker.close()  # dead, but another output's: that output's next run removes it
+    foreign = tmp_path / ".lsg.mine.tmp"  # same pattern, not made by the converter
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("keep")
+    try:
+        convert_checkpoint(tiny_bart, output, 256, model_kwargs=SMALL_LSG)
+        assert _hidden(tmp_path) == sorted([running.name, other.name, foreign.name])
+    finally:
+        marker.close()
+    convert_checkpoint(tiny_bart, output, 256, model_kwargs=SMALL_LSG, overwrite=True)
+    assert _hidden(tmp_path) == sorted([other.name, foreign.name])  # the dead run of this output is gone
+    assert (foreign / "data.txt").read_text() == "keep"
+
+
+def test_without_file_locks_leftovers_are_named(tiny_bart, tmp_path, monkeypatch):
+    output = tmp_path / "lsg"
+    work, marker = convert_module._start_work(output)
+    marker.close()
+    monkeypatch.setattr(convert_module, "fcntl", None)  # Windows
+    with pytest.warns(ConversionWarning, match=f"{work.name} was left by an interrupted conversion"):
+        convert_checkpoint(tiny_bart, output, 256, model_kwargs=SMALL_LSG)
+    assert work.exists()
 
 
 @pytest.fixture(scope="module")
@@ -607,13 +745,44 @@ def test_cli_converts_like_the_library(tiny_bart, tmp_path, capsys):
         (["--dtype", "int8"], "invalid choice"),
     ],
 )
-def test_cli_errors_exit_2_without_traceback(arguments, message, tiny_bart, tmp_path, capsys):
+def test_cli_errors_exit_2_on_one_line(arguments, message, tiny_bart, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--initial_model", str(tiny_bart), "--model_name", str(tmp_path / "out"), *arguments])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "error:" in err and "Traceback" not in err
+    assert message in err and err.startswith("lsg-bart-convert: error: ")
+    assert len(err.splitlines()) == 1, err  # no usage block: that is for --help
     assert not (tmp_path / "out").exists()
+
+
+ANSWERS_BEFORE_HEAVY_IMPORTS = r"""
+import sys
+from lsg_bart.convert import main
+for argv in (["--help"], ["--initial_model", "x"], ["--initial_model", "x", "--model_name", "."],
+             ["--initial_model", "x", "--model_name", "y", "--model_kwargs", "{oops"]):
+    try:
+        main(argv)
+    except SystemExit as exit:
+        print("exit", exit.code, file=sys.stderr)
+print(sorted(name for name in ("torch", "transformers", "safetensors") if name in sys.modules))
+"""
+
+
+def test_help_and_argument_errors_answer_before_heavy_imports(tmp_path):
+    """`--help` and argument errors print before torch and transformers load (they take seconds): under 2 s."""
+    result = subprocess.run([sys.executable, "-c", ANSWERS_BEFORE_HEAVY_IMPORTS], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert "--run_test" in result.stdout and "forward pass" in result.stdout  # the help, with --run_test's cost
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lsg-bart-convert: error:")]
+    assert [line.split(": error: ")[1].split(";")[0] for line in errors] == [
+        "the following arguments are required: --model_name",
+        "--model_name '.' is the current directory (" + str(tmp_path.resolve()) + ")",
+        "--model_kwargs is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1)): '{oops'",
+    ]
+    assert result.stderr.count("exit 0") == 1 and result.stderr.count("exit 2") == 3
 
 
 def test_cli_refuses_non_empty_output(tiny_bart, tmp_path, capsys):
