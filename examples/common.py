@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 SPLIT_FLAGS = {"train": "--do_train", "validation": "--do_eval", "test": "--do_predict"}
+SPLIT_FILE_FLAGS = {"train": "--train_file", "validation": "--validation_file", "test": "--test_file"}
 
 
 @dataclass
@@ -61,8 +62,21 @@ class BaseDataArguments:
             raise ValueError("Give --dataset_name or at least one of --train_file, --validation_file, --test_file.")
         for name in ("train_file", "validation_file", "test_file"):
             path = getattr(self, name)
-            if path is not None and data_format(path) is None:
+            if path is None:
+                continue
+            if data_format(path) is None:
                 raise ValueError(f"--{name} must be a .json, .jsonl or .csv file, got {path!r}.")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--{name} {path!r} is not a file (it does not exist or is a folder).")
+        check_positive(self, ("max_train_samples", "max_eval_samples", "max_predict_samples"))
+
+
+def check_positive(arguments, names):
+    """`ValueError` naming the flag if one of the `names` fields of `arguments` is set and not a positive integer."""
+    for name in names:
+        value = getattr(arguments, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}.")
 
 
 def data_format(path):
@@ -71,9 +85,16 @@ def data_format(path):
     return {"json": "json", "jsonl": "json", "csv": "csv"}.get(suffix)
 
 
+class ArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` whose errors are one line (the usage, every TrainingArguments flag, is for --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(dataclass_types, argv=None):
     """The `dataclass_types` filled from `argv` (default: `sys.argv[1:]`) or from a single .json file."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = ArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
@@ -120,8 +141,12 @@ def start_run(training_args, logger):
     return last_checkpoint
 
 
+FORMAT_NAMES = {"json": "JSON lines (one JSON object per line)", "csv": "CSV with a header row"}
+
+
 def load_raw_datasets(data_args, model_args):
-    """A `DatasetDict` with the splits found in the files or the named dataset."""
+    """A `DatasetDict` with the splits found in the files or the named dataset. A file that cannot be read gets a
+    `ValueError` naming its flag and path."""
     if data_args.dataset_name is not None:
         return datasets.load_dataset(
             data_args.dataset_name,
@@ -141,7 +166,21 @@ def load_raw_datasets(data_args, model_args):
     formats = {data_format(path) for path in files.values()}
     if len(formats) > 1:
         raise ValueError("Give all data files in one format (JSON lines or CSV).")
-    return datasets.load_dataset(formats.pop(), data_files=files, cache_dir=model_args.cache_dir)
+    builder = formats.pop()
+    splits = {}
+    for split, path in files.items():  # one at a time, so that an error names its file
+        try:
+            splits[split] = datasets.load_dataset(builder, data_files={split: path}, cache_dir=model_args.cache_dir)[
+                split
+            ]
+        except datasets.exceptions.DatasetGenerationError as error:
+            cause = error.__cause__ or error
+            raise ValueError(
+                f"{SPLIT_FILE_FLAGS[split]} {path!r} cannot be read as {FORMAT_NAMES[builder]}: {cause}"
+            ) from error
+        if not splits[split].column_names:
+            raise ValueError(f"{SPLIT_FILE_FLAGS[split]} {path!r} holds no data; expected {FORMAT_NAMES[builder]}.")
+    return datasets.DatasetDict(splits)
 
 
 def check_columns(column_names, columns):
@@ -170,19 +209,68 @@ def tokenize_split(raw_datasets, split, max_samples, preprocess, data_args, trai
         )
 
 
-def load_model_and_tokenizer(model_args, auto_model_class, logger, config_kwargs=None, **model_kwargs):
-    """The LSG checkpoint's config (with `config_kwargs` and --model_kwargs), tokenizer and model, with its remote
-    code; `model_kwargs` go to the model's `from_pretrained`. The model's loss is marked as a per-batch mean."""
-    common = {
+def parse_model_kwargs(text):
+    """--model_kwargs as a dict; `ValueError` naming the flag unless it is a JSON object (or empty)."""
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--model_kwargs is not valid JSON ({error}): {text!r}; expected an object such as "
+            '\'{"sparsity_type": "pooling", "dropout": 0.0}\'.'
+        ) from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--model_kwargs must be a JSON object (config fields and values), got {text!r}.")
+    return overrides
+
+
+def _hub_options(model_args):
+    return {
         "cache_dir": model_args.cache_dir,
         "revision": model_args.model_revision,
         "token": model_args.token,
         "trust_remote_code": model_args.trust_remote_code,
     }
-    overrides = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path, **common, **(config_kwargs or {}), **overrides
-    )
+
+
+def load_config(model_args, **config_kwargs):
+    """The checkpoint's config with `config_kwargs` and --model_kwargs, read before anything else so that a bad
+    checkpoint or setting stops the run before the data are read or a file is written.
+
+    Raises `OSError` naming --model_name_or_path (or --config_name) when no config can be loaded from it,
+    `ValueError` naming the fields of --model_kwargs that the config does not have, and the config's own
+    `ValueError` for an invalid value (an LSG config checks every LSG field, e.g. `sparsity_type` or `block_size`).
+    """
+    if model_args.config_name:
+        flag, name = "--config_name", model_args.config_name
+    else:
+        flag, name = "--model_name_or_path", model_args.model_name_or_path
+    overrides = parse_model_kwargs(model_args.model_kwargs)
+    try:
+        config = AutoConfig.from_pretrained(name, **_hub_options(model_args))
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"{flag} {name!r}: no model config could be loaded ({reason}); expected a checkpoint folder with a "
+            "config.json (such as one written by lsg-bart-convert) or a Hub model id."
+        ) from error
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:  # from_pretrained would drop them without a word
+        raise ValueError(
+            f"--model_kwargs: {', '.join(map(repr, unknown))} "
+            f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of {type(config).__name__} (the LSG "
+            "settings: block_size, sparse_block_size, sparsity_factor, "
+            "sparsity_type, num_global_tokens, ...)."
+        )
+    if not config_kwargs and not overrides:
+        return config
+    return AutoConfig.from_pretrained(name, **_hub_options(model_args), **config_kwargs, **overrides)
+
+
+def load_model_and_tokenizer(model_args, config, auto_model_class, logger, **model_kwargs):
+    """The LSG checkpoint's tokenizer and model (with `config`, from `load_config`), with its remote code;
+    `model_kwargs` go to the model's `from_pretrained`. The model's loss is marked as a per-batch mean."""
     if "lsg" not in type(config).__name__.lower() and "lsg" not in str(getattr(config, "auto_map", "")).lower():
         logger.warning(
             "%s is not an LSG checkpoint (config class %s): convert it first with lsg-bart-convert to get long-input "
@@ -190,10 +278,11 @@ def load_model_and_tokenizer(model_args, auto_model_class, logger, config_kwargs
             model_args.model_name_or_path,
             type(config).__name__,
         )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **common)
-    model = auto_model_class.from_pretrained(model_args.model_name_or_path, config=config, **common, **model_kwargs)
+    options = _hub_options(model_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **options)
+    model = auto_model_class.from_pretrained(model_args.model_name_or_path, config=config, **options, **model_kwargs)
     mean_loss_per_batch(model)
-    return config, tokenizer, model
+    return tokenizer, model
 
 
 def input_length(requested, flag, tokenizer, config, logger):

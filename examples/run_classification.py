@@ -60,6 +60,10 @@ class DataTrainingArguments(BaseDataArguments):
         default=False, metadata={"help": "Pad every input to --max_seq_length instead of to the longest of a batch."}
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        common.check_positive(self, ("max_seq_length",))
+
 
 def parse_args(argv=None):
     """(ModelArguments, DataTrainingArguments, TrainingArguments) from `argv` or a single .json file."""
@@ -74,7 +78,11 @@ def label_names(raw_datasets, label_column):
             values.update(raw_datasets[split].unique(label_column))
     values.discard(None)
     if not values:
-        raise ValueError(f"No labels found in column {label_column!r} of the train or validation data.")
+        columns = sorted({name for split in raw_datasets.values() for name in split.column_names})
+        raise ValueError(
+            f"--label_column={label_column!r}: no labels found in that column of the train or validation data "
+            f"(columns: {', '.join(columns)})."
+        )
     return sorted(values, key=lambda value: (str(type(value)), value))
 
 
@@ -99,6 +107,7 @@ def main(argv=None, callbacks=None):
     Returns the `Trainer`, whose model is the trained one (None when there is nothing to do).
     """
     model_args, data_args, training_args = parse_args(argv)
+    common.load_config(model_args)  # a bad checkpoint or --model_kwargs stops the run before the data are read
     last_checkpoint = common.start_run(training_args, logger)
 
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
@@ -108,23 +117,21 @@ def main(argv=None, callbacks=None):
     labels = label_names(raw_datasets, data_args.label_column)
     label_to_id = {label: i for i, label in enumerate(labels)}
 
-    config, tokenizer, model = common.load_model_and_tokenizer(
-        model_args,
-        AutoModelForSequenceClassification,
-        logger,
-        config_kwargs={
-            "num_labels": len(labels),
-            "label2id": {str(label): i for label, i in label_to_id.items()},
-            "id2label": {i: str(label) for label, i in label_to_id.items()},
-        },
-        ignore_mismatched_sizes=True,
-    )
-    max_seq_length = common.input_length(data_args.max_seq_length, "--max_seq_length", tokenizer, config, logger)
-
     some_split = next(split for split in ("train", "validation", "test") if split in raw_datasets)
     column_names = raw_datasets[some_split].column_names
     text_column = data_args.text_column or ("text" if "text" in column_names else column_names[0])
     common.check_columns(column_names, {"--text_column": text_column, "--text_column_2": data_args.text_column_2})
+
+    config = common.load_config(
+        model_args,
+        num_labels=len(labels),
+        label2id={str(label): i for label, i in label_to_id.items()},
+        id2label={i: str(label) for label, i in label_to_id.items()},
+    )
+    tokenizer, model = common.load_model_and_tokenizer(
+        model_args, config, AutoModelForSequenceClassification, logger, ignore_mismatched_sizes=True
+    )
+    max_seq_length = common.input_length(data_args.max_seq_length, "--max_seq_length", tokenizer, config, logger)
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples):

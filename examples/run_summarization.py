@@ -87,6 +87,7 @@ class DataTrainingArguments(BaseDataArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        common.check_positive(self, ("max_source_length", "max_target_length", "val_max_target_length", "num_beams"))
         if self.val_max_target_length is None:
             self.val_max_target_length = self.max_target_length
 
@@ -143,14 +144,12 @@ def main(argv=None, callbacks=None):
     Returns the `Seq2SeqTrainer`, whose model is the trained one (None when there is nothing to do).
     """
     model_args, data_args, training_args = parse_args(argv)
+    config = common.load_config(model_args)
+    if config.decoder_start_token_id is None:
+        raise ValueError("The model's config needs a decoder_start_token_id.")
     last_checkpoint = common.start_run(training_args, logger)
 
     raw_datasets = common.load_raw_datasets(data_args, model_args)
-    config, tokenizer, model = common.load_model_and_tokenizer(model_args, AutoModelForSeq2SeqLM, logger)
-    if model.config.decoder_start_token_id is None:
-        raise ValueError("The model's config needs a decoder_start_token_id.")
-    max_source_length = source_length(data_args, tokenizer, config)
-
     if training_args.do_train:
         column_names = raw_datasets["train"].column_names
     elif training_args.do_eval:
@@ -164,6 +163,8 @@ def main(argv=None, callbacks=None):
     text_column = data_args.text_column or default_text
     summary_column = data_args.summary_column or default_summary
     common.check_columns(column_names, {"--text_column": text_column, "--summary_column": summary_column})
+    tokenizer, model = common.load_model_and_tokenizer(model_args, config, AutoModelForSeq2SeqLM, logger)
+    max_source_length = source_length(data_args, tokenizer, config)
 
     padding = "max_length" if data_args.pad_to_max_length else False
 

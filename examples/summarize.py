@@ -25,8 +25,16 @@ logger = logging.getLogger("summarize")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose errors are one line (the usage is for --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command-line parser of summarize.py."""
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", help="Text files to summarise; none or '-' reads standard input.")
     parser.add_argument("--model", required=True, help="Path or Hub id of an LSG-BART summarisation checkpoint.")
     parser.add_argument(
@@ -124,22 +132,73 @@ def summarize(texts, model, tokenizer, max_source_length=None, batch_size=1, pro
     return results
 
 
+def reads_stdin(files):
+    """Whether the documents come from standard input (no files, or '-')."""
+    return not files or files == ["-"]
+
+
 def read_documents(files):
-    """(name, text) pairs; standard input when `files` is empty or '-'."""
-    if not files or files == ["-"]:
+    """(name, text) pairs; standard input when `files` is empty or '-'. `ValueError` naming a file that is not
+    UTF-8 text."""
+    if reads_stdin(files):
         return [("<stdin>", sys.stdin.read())]
     documents = []
     for path in files:
-        with open(path, encoding="utf-8") as f:
-            documents.append((path, f.read()))
+        try:
+            with open(path, encoding="utf-8") as f:
+                documents.append((path, f.read()))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path!r} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     return documents
 
 
+def check_arguments(args):
+    """The first problem with the command line that would otherwise show only after the model is loaded (or
+    never), as one sentence naming the argument; None if there is none."""
+    for name in ("batch_size", "num_beams", "max_new_tokens", "max_source_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name} must be a positive integer, got {value}"
+    if args.min_new_tokens is not None and not 0 <= args.min_new_tokens <= args.max_new_tokens:
+        return f"--min_new_tokens must be from 0 to --max_new_tokens={args.max_new_tokens}, got {args.min_new_tokens}"
+    if not reads_stdin(args.files):
+        for path in args.files:
+            if not os.path.isfile(path):
+                return f"{path!r} is not a file (it does not exist or is a folder); give text files, or '-' for stdin"
+    if args.output_dir is not None and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        return f"--output_dir {args.output_dir!r} exists and is not a folder"
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            return f"--device {args.device!r} is not a device; use cpu, cuda, cuda:1, ..."
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return f"--device {args.device!r}: no CUDA device is available here; use --device cpu"
+    return None
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Run summarize.py with command-line arguments `argv` (default: `sys.argv[1:]`). Returns the results (see
+    `summarize`). A bad argument, file or checkpoint exits with status 2 and one line naming it, before anything is
+    written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", stream=sys.stderr)
-    documents = read_documents(args.files)
-    model, tokenizer = load(args.model, args.device, DTYPES[args.dtype], args.trust_remote_code)
+    problem = check_arguments(args)
+    if problem is not None:
+        parser.error(problem)
+    try:
+        documents = read_documents(args.files)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        model, tokenizer = load(args.model, args.device, DTYPES[args.dtype], args.trust_remote_code)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        parser.error(
+            f"--model {args.model!r}: cannot load a checkpoint ({reason}); expected a folder written by "
+            "lsg-bart-convert or save_pretrained, or a Hub model id"
+        )
     results = summarize(
         [text for _, text in documents],
         model,

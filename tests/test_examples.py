@@ -250,7 +250,8 @@ def test_summarization_rejects_unknown_columns_and_clamps_source_length(tiny_che
     with pytest.raises(ValueError, match="must be a .json, .jsonl or .csv file"):
         run_summarization.parse_args(["--model_name_or_path", "x", "--train_file", "a.txt", "--output_dir", "o"])
     _, data_args, _ = run_summarization.parse_args(
-        ["--model_name_or_path", "x", "--train_file", "a.jsonl", "--output_dir", "o", "--max_source_length", "9999"]
+        ["--model_name_or_path", "x", "--train_file", summarization_data["train"], "--output_dir", "o",
+         "--max_source_length", "9999"]
     )
     config = LSGBartConfig(max_position_embeddings=4096)
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
