@@ -277,7 +277,8 @@ def test_bf16_inference_path_matches_reference(sparsity_type, monkeypatch):
         ref_out, fast_out = (
             m.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for m in (reference, fast)
         )
-    assert len(calls) == fast.config.encoder_layers  # one group of blocks per layer
+    # One group of blocks per layer, on CPUs with bfloat16 instructions only (elsewhere it would be slower).
+    assert len(calls) == (fast.config.encoder_layers if modeling.CPU_BF16 else 0)
     assert torch.isfinite(fast_out).all()
     # Both round to bfloat16 at different steps: ~2e-4 relative L2 apart. Unmasked margins or padding: > 1.5e-3.
     relative_l2 = (fast_out.float() - ref_out.float()).norm() / ref_out.float().norm()
