@@ -78,7 +78,7 @@ def label_names(raw_datasets, label_column):
             values.update(raw_datasets[split].unique(label_column))
     values.discard(None)
     if not values:
-        columns = sorted({name for split in raw_datasets.values() for name in split.column_names})
+        columns = dict.fromkeys(name for split in raw_datasets.values() for name in split.column_names)
         raise ValueError(
             f"--label_column={label_column!r}: no labels found in that column of the train or validation data "
             f"(columns: {', '.join(columns)})."

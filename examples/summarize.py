@@ -29,6 +29,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose errors are one line (the usage is for --help)."""
 
     def error(self, message):
+        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

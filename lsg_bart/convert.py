@@ -294,7 +294,10 @@ def load_source_config(initial_model, token=None):
     try:
         config_dict, _ = LSGBartConfig.get_config_dict(str(initial_model), token=token)
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read a model config from {str(initial_model)!r}: {error}") from None
+        reason = one_line(str(error)) or type(error).__name__
+        if not Path(str(initial_model)).exists():
+            reason = f"no such local folder, and as a Hub model id: {reason}"
+        raise ValueError(f"cannot read a model config from {str(initial_model)!r}: {reason}") from None
     model_type = config_dict.get("model_type")
     if model_type not in BART_MODEL_TYPES:
         raise ValueError(
@@ -833,7 +836,8 @@ def _checkpoint_problem(folder, entries):
         if entry.is_dir() or not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in CHECKPOINT_FILES)
     ]
     if unexpected:
-        return f"{_shown(unexpected)} {'is' if len(unexpected) == 1 else 'are'} not part of a BART / LSG-BART checkpoint"
+        verb = "is" if len(unexpected) == 1 else "are"
+        return f"{_shown(unexpected)} {verb} not part of a BART / LSG-BART checkpoint"
     try:
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     except FileNotFoundError:
@@ -1096,11 +1100,16 @@ def convert_checkpoint(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def one_line(text):
+    """`text` with its lines joined by spaces (messages from transformers and huggingface_hub span several)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose errors are one line: `PROG: error: MESSAGE` (the usage is for --help)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def build_parser():
@@ -1220,7 +1229,7 @@ def main(argv=None):
         print(f"{parser.prog}: interrupted; no output folder was written", file=sys.stderr)
         return 130
     except (RuntimeError, OSError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 1
     finally:
         warnings.showwarning = previous_showwarning
