@@ -1052,15 +1052,16 @@ class LSGBartCrossAttention(BartAttention):
         """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d); remembered in inference."""
         remembered = self.remembered
         reusable = not (self.training or torch.is_grad_enabled())
-        if reusable and remembered is not None and remembered[0] is encoder_output:
-            if remembered[1] == encoder_output._version:
-                return remembered[2:]
+        # Inference tensors have no version counter; `generate` does not change its encoder output in place.
+        version = None if encoder_output.is_inference() else encoder_output._version
+        if reusable and remembered is not None and remembered[0] is encoder_output and remembered[1] == version:
+            return remembered[2:]
         n, S, _ = encoder_output.shape
         key, value = (
             project(layer, encoder_output).view(n, S, self.num_heads, self.head_dim).transpose(1, 2)
             for layer in (self.k_proj, self.v_proj)
         )  # (n, h, S, d)
-        self.remembered = (encoder_output, encoder_output._version, key, value) if reusable else None
+        self.remembered = (encoder_output, version, key, value) if reusable else None
         return key, value
 
 

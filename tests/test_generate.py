@@ -101,3 +101,12 @@ def test_training_forward_with_labels_matches_bart_cross_attention(model):
         losses.append((loss, candidate.model.decoder.layers[0].encoder_attn.k_proj.weight.grad))
     torch.testing.assert_close(losses[0][0], losses[1][0])
     torch.testing.assert_close(losses[0][1], losses[1][1])
+
+
+def test_generate_under_inference_mode_gives_the_no_grad_tokens(model):
+    input_ids, attention_mask = padded_batch([300, 251])
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=3, max_new_tokens=6, min_new_tokens=6)
+    with torch.no_grad():
+        expected = model.generate(**kwargs)
+    with torch.inference_mode():
+        assert torch.equal(model.generate(**kwargs), expected)
