@@ -19,7 +19,10 @@ What happens to the weights (LSG-SPEC section 6):
   on row 0 and the `mask` embedding on the other rows, or (`random_global_init`) plus rows sampled from a Gaussian
   fitted to the token embeddings. `resize_lsg` keeps an LSG model's global embeddings and only changes the length.
 
-The output folder is written to a temporary folder beside it and renamed at the end: it is complete or absent.
+The output folder is written to a hidden work folder beside it and renamed at the end: it is complete or absent.
+Nothing is removed that the converter did not write: `--overwrite` replaces only a folder that holds a BART /
+LSG-BART checkpoint and nothing else, never the source, a folder around it, the current or home directory; work
+folders left by killed runs are recognised (a locked marker file) and removed by the next run on the same output.
 """
 
 import argparse
@@ -1200,8 +1203,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        model_kwargs = json_object(args.model_kwargs)
-        check_output_path(args.model_name, args.initial_model)  # before the seconds that torch takes to load
+        model_kwargs = json_object(args.model_kwargs)  # like the path checks convert_checkpoint starts with: no torch
     except ValueError as error:
         parser.error(str(error))
 
