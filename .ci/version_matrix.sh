@@ -60,7 +60,7 @@ echo "== transformers $BELOW_RANGE (below the range) is refused in one line"
 dir=$(venv_for "$BELOW_RANGE")
 folder="$OUTSIDE/legacy"
 cp -r "$REPO/tests/fixtures/parity/norm" "$folder"
-cp "$REPO"/lsg_bart/{configuration_lsg_bart,modeling_lsg_bart,transformers_compat}.py "$folder"
+cp "$REPO"/lsg_bart/{configuration_lsg_bart,modeling_lsg_bart,lsg_attention,lsg_kernels,transformers_compat}.py "$folder"
 (cd "$OUTSIDE" && HF_HUB_OFFLINE=1 HF_HOME="$OUTSIDE/hf" "$dir/bin/python" - "$folder" "$BELOW_RANGE" <<'EOF'
 import sys
 

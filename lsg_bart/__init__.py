@@ -9,7 +9,13 @@ import importlib
 __version__ = "0.1.0"
 
 # The remote-code files: what a checkpoint folder carries so that it loads with `trust_remote_code=True`.
-REMOTE_CODE_FILES = ("configuration_lsg_bart.py", "modeling_lsg_bart.py", "transformers_compat.py")
+REMOTE_CODE_FILES = (
+    "configuration_lsg_bart.py",
+    "modeling_lsg_bart.py",
+    "lsg_attention.py",
+    "lsg_kernels.py",
+    "transformers_compat.py",
+)
 
 __all__ = [
     "REMOTE_CODE_FILES",

@@ -5,6 +5,8 @@ import typing
 from .transformers_compat import ConfigBase, config_class
 
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
+# The attention kernels (lsg_kernels.KERNELS), or "auto" to let the model choose per call.
+LSG_KERNELS = ("auto", "reference", "flex", "eager", "sdpa", "cpu_two_part", "cpu_bf16_scores")
 MAX_GLOBAL_TOKENS = 512
 
 # transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one (used on 4.x too).
@@ -59,6 +61,10 @@ class LSGBartConfig(ConfigBase):
             When the global tokens are dropped, write global token 0's state over the first real token.
         lsh_num_pre_rounds (`int`, defaults to 1):
             Number of LSH rounds that merge tokens before the final round (`"lsh"` only).
+        lsg_kernel (`str`, defaults to `"auto"`):
+            The attention kernel: `"auto"` chooses per call from the device, dtype, training and dropout (see
+            `lsg_kernels.choose_kernel`); or one of `"reference"`, `"flex"`, `"eager"`, `"sdpa"`, `"cpu_two_part"`,
+            `"cpu_bf16_scores"`. Every kernel computes the same attention.
         lsh_seed (`int`, *optional*):
             Seed of the LSH random projections. When set, every forward pass draws the same projections, so `"lsh"`
             outputs are reproducible; when `None`, they are drawn from torch's global generator.
@@ -85,6 +91,7 @@ class LSGBartConfig(ConfigBase):
     pool_with_global: bool = True
     lsh_num_pre_rounds: int = 1
     lsh_seed: int | None = None
+    lsg_kernel: str = "auto"
 
     def __post_init__(self, **kwargs):
         # Legacy checkpoints (model_type "bart") carry the original package's prefix and auto_map; this class replaces both.
@@ -92,50 +99,45 @@ class LSGBartConfig(ConfigBase):
         kwargs.pop("model_type", None)
         self.auto_map = dict(AUTO_MAP)
         self.custom_pipelines = dict(CUSTOM_PIPELINES)
-        self._check_lsg_settings()
+        self.check_lsg_settings()
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """[`PretrainedConfig.from_dict`] (what `from_pretrained` uses), with the LSG settings checked together once
+        the keyword arguments are applied."""
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result).check_lsg_settings()
+        return result
 
     def _validated_setattr(self, name, value, assign):
         """`assign(self, name, value)`, for LSG fields only once the value is checked. However a field is set (the
-        constructor, `from_pretrained(**kwargs)`, `config.block_size = 64` after loading), an invalid value raises
-        `ValueError` naming the field, and the config keeps its previous value."""
-        if name not in LSG_FIELDS:
-            return assign(self, name, value)
-        check_type(name, value)
-        unset = object()
-        previous = self.__dict__.get(name, unset)
-        assign(self, name, value)
-        if previous is unset or not all(field in self.__dict__ for field in (*LSG_FIELDS, "max_position_embeddings")):
-            return None  # still being built: `__post_init__` checks the whole
-        try:
-            self._check_lsg_settings()
-        except ValueError as error:
-            assign(self, name, previous)
-            if f"`{name}`" in str(error):
-                raise
-            raise ValueError(f"LSGBartConfig: cannot set `{name}`={value!r}: {error}") from None
-        return None
+        constructor, `from_pretrained(**kwargs)`, `config.block_size = 64` after loading), a value that is invalid
+        on its own (type, range, name) raises `ValueError` naming the field, and the config keeps its previous value.
+        Settings that must agree with each other are checked together (`check_lsg_settings`) when the config is
+        built, when a model is built from it, and at every encoder forward pass: fields set one by one may pass
+        through a combination that is invalid until the last of them is set."""
+        if name in LSG_FIELDS:
+            check_type(name, value)
+            problem = FIELD_CHECKS.get(name, lambda value: None)(value)
+            if problem:
+                raise ValueError(f"LSGBartConfig: invalid `{name}`={value!r}; {problem}.")
+        return assign(self, name, value)
 
-    def _check_lsg_settings(self):
+    def check_lsg_settings(self):
+        """`ValueError` naming the field, its value and what is allowed, for settings that do not fit together
+        (and for any field that is invalid on its own)."""
+
         def fail(field, allowed):
             raise ValueError(f"LSGBartConfig: invalid `{field}`={getattr(self, field)!r}; {allowed}.")
 
         for field in LSG_FIELDS:
             check_type(field, getattr(self, field))
-        if self.sparsity_type not in SPARSITY_TYPES:
-            fail("sparsity_type", f"expected one of {', '.join(SPARSITY_TYPES)}")
-        if self.block_size < 1:
-            fail("block_size", "expected a positive integer")
-        if self.sparse_block_size < 0:
-            fail("sparse_block_size", "expected 0 (no sparse attention) or a positive integer")
-        if self.sparsity_factor < 1:
-            fail("sparsity_factor", "expected a positive integer")
+            problem = FIELD_CHECKS.get(field, lambda value: None)(getattr(self, field))
+            if problem:
+                fail(field, problem)
         if self.block_size % self.sparsity_factor != 0:
             fail("sparsity_factor", f"it must divide block_size={self.block_size}")
-        if not 1 <= self.num_global_tokens <= MAX_GLOBAL_TOKENS:
-            fail("num_global_tokens", f"expected an integer from 1 to {MAX_GLOBAL_TOKENS}")
-        if self.lsh_num_pre_rounds < 0:
-            fail("lsh_num_pre_rounds", "expected 0 or a positive integer")
         if self.sparsity_type in ("norm", "lsh") and self.sparse_block_size > 0:
             chunk = min(self.block_size, self.sparse_block_size)
             if self.block_size % chunk != 0 or chunk % self.sparsity_factor != 0:
@@ -152,6 +154,28 @@ class LSGBartConfig(ConfigBase):
                 f"it must divide max_position_embeddings={positions} (the nearest valid values are "
                 f"{' and '.join(map(str, nearest_block_sizes(positions, self.block_size, self.sparsity_factor)))})",
             )
+
+
+def one_of(choices):
+    return lambda value: None if value in choices else f"expected one of {', '.join(choices)}"
+
+
+def at_least(lowest, allowed):
+    return lambda value: None if value >= lowest else allowed
+
+
+# What each LSG field allows on its own (None when `value` is fine); `check_lsg_settings` adds how they must agree.
+FIELD_CHECKS = {
+    "sparsity_type": one_of(SPARSITY_TYPES),
+    "lsg_kernel": one_of(LSG_KERNELS),
+    "block_size": at_least(1, "expected a positive integer"),
+    "sparse_block_size": at_least(0, "expected 0 (no sparse attention) or a positive integer"),
+    "sparsity_factor": at_least(1, "expected a positive integer"),
+    "num_global_tokens": lambda value: (
+        None if 1 <= value <= MAX_GLOBAL_TOKENS else f"expected an integer from 1 to {MAX_GLOBAL_TOKENS}"
+    ),
+    "lsh_num_pre_rounds": at_least(0, "expected 0 or a positive integer"),
+}
 
 
 def check_type(field, value):

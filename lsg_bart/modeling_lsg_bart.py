@@ -1,16 +1,13 @@
 """PyTorch LSG-BART: BART whose encoder self-attention is Local + Sparse + Global (LSG) attention.
 
-Reading order follows the design: the linear layers (float32 on CPU through oneDNN), how blocks and their
-neighbours are built, how sparse tokens are picked, how a set of keys is attended, then the attention layer, the
-encoder and the models.
+The attention itself is in `lsg_attention.py` (build blocks, pick sparse tokens, attend) and its kernels and the
+CPU tuning in `lsg_kernels.py`; what differs between transformers versions is in `transformers_compat.py`. This
+file holds the BART-shaped layers, the encoder, the models with their heads, the summarisation pipeline and the
+Auto-class registration.
 
-Shapes: n batch, h heads, T tokens with the global ones, t tokens without them (a multiple of the block size),
-d head dim, G global tokens, bs block size, nb = t / bs blocks, f sparsity factor, sbs sparse block size.
-Masks are boolean, True for a visible key, and carry a trailing singleton so that one function handles
-keys (..., d) and masks (..., 1) alike.
+Shapes: n batch, h heads, T tokens with the global ones, t tokens without them, d head dim, G global tokens.
 """
 
-import os
 from pathlib import Path
 
 import torch
@@ -20,9 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, Pipeline, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import (
-    BartDecoder,
     BartAttention,
     BartClassificationHead,
+    BartDecoder,
     BartEncoder,
     BartEncoderLayer,
     BartForCausalLM,
@@ -36,6 +33,21 @@ from transformers.models.bart.modeling_bart import (
 )
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
+from .lsg_attention import lsg_attention, project_into_heads
+from .lsg_kernels import (
+    TOKEN_CHUNK,
+    LSGLinear,
+    RecomputedFeedForward,
+    attend,
+    choose_kernel,
+    cpu_tuning,
+    dropout,
+    is_plain_linear,
+    linear,
+    linear_gelu,
+    project,
+    tracing,
+)
 from .transformers_compat import (
     accepted_kwargs,
     attention_result,
@@ -48,574 +60,17 @@ from .transformers_compat import (
     return_dict_requested,
 )
 
-# Long inputs are processed in chunks of about this many tokens (groups of blocks in the attention, then the
-# per-token work after it), so that intermediates stay in cache and memory does not grow with the length.
-TOKEN_CHUNK = 2048
-
-# Written-out attention scores are computed for as many blocks at a time as keep about this many scores (4 MB in
-# bfloat16), small enough to stay in cache.
-SCORES_IN_CACHE = 2**21
-
 # ---------------------------------------------------------------------------------------------------------------
-# Optional kernels: each is probed once on tiny inputs against public ops, and used only where the probe passes
-# (builds and CPUs differ: oneDNN's bfloat16 products need AVX-512, for instance). LSG_BART_PUBLIC_OPS=1 turns
-# them all off, leaving public PyTorch ops with the same results.
+# Encoder self-attention
 # ---------------------------------------------------------------------------------------------------------------
-
-PUBLIC_OPS_ONLY = os.environ.get("LSG_BART_PUBLIC_OPS", "") not in ("", "0")
-
-
-def probe(check):
-    """Whether `check()` returns True; False if it raises (a missing op, an unsupported dtype or CPU) or when
-    `LSG_BART_PUBLIC_OPS` is set."""
-    if PUBLIC_OPS_ONLY:
-        return False
-    try:
-        return bool(check())
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def find_onednn_linear(dtype=torch.float32):
-    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`) on x86 processors where it computes a small
-    product in `dtype` right, or None (then `F.linear` is used)."""
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):  # "AVX2", "AVX512": x86
-        return None
-
-    def check():
-        kernel = torch.ops.mkldnn._linear_pointwise.default
-        ones = [torch.ones(shape, dtype=dtype) for shape in ((2, 3), (4, 3), (4,))]
-        return torch.equal(kernel(*ones, "none", [], "").float(), torch.full((2, 4), 4.0))  # (2, 4), all 4
-
-    return torch.ops.mkldnn._linear_pointwise.default if probe(check) else None
-
-
-def cpu_flash_attention_works():
-    """Whether PyTorch's fused CPU attention kernel, forward and backward, with a float mask, matches the
-    written-out attention (`TwoPartAttention` calls the kernel's private entry points directly)."""
-    generator = torch.Generator().manual_seed(0)
-    query, key, value, grad = (torch.randn(1, 2, 5, 4, generator=generator) for _ in range(4))
-    bias = torch.zeros(1, 1, 1, 5).index_fill_(-1, torch.tensor([1]), torch.finfo(torch.float32).min)
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, attn_mask=bias)[:2]
-    grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        grad, query, key, value, out, lse, 0.0, False, attn_mask=bias
-    )
-    leaves = [x.clone().requires_grad_() for x in (query, key, value)]
-    scores = leaves[0] @ leaves[1].transpose(-1, -2) * 0.5 + bias
-    expected = scores.softmax(-1) @ leaves[2]
-    expected.backward(grad)
-    pairs = [(out, expected), *zip(grads, (leaf.grad for leaf in leaves))]
-    return all(torch.allclose(a, b, atol=1e-5) for a, b in pairs)
-
-
-def cpu_has_bf16_instructions():
-    """Whether bfloat16 products are fast on this CPU (AVX-512 BF16 or AMX): without these instructions they are
-    emulated, several times slower than float32, and oneDNN refuses them."""
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return native and find_onednn_linear(torch.bfloat16) is not None
-
-
-ONEDNN_LINEAR = find_onednn_linear()
-CPU_FLASH_ATTENTION = probe(cpu_flash_attention_works)
-CPU_BF16 = probe(cpu_has_bf16_instructions)
-UNFOLD_BACKWARD = probe(lambda: torch.ops.aten.unfold_backward(torch.ones(1, 2, 3), (1, 5), 1, 3, 2).sum() == 6)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Linear layers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def onednn_linear(x, weight, bias=None, activation="none"):
-    """`activation(x @ weight.T + bias)` in one oneDNN call; `activation` is "none" or "gelu" (the exact, erf one)."""
-    return ONEDNN_LINEAR(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
-
-
-def uses_onednn(x, weight):
-    """Whether `linear` sends `x @ weight.T` to oneDNN: plain float32 tensors on CPU (not tensor subclasses such as
-    quantised weights, which dispatch `F.linear` themselves), oneDNN enabled, no autocast (it picks its own dtype)."""
-    return (
-        ONEDNN_LINEAR is not None
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and type(x) is torch.Tensor
-        and type(weight) in (torch.Tensor, nn.Parameter)
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
-class OneDNNLinear(torch.autograd.Function):
-    """`F.linear` in float32 through oneDNN, forward and backward.
-
-    PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among them) runs without AVX-512 and
-    reaches half the rate oneDNN reaches on the same cores. The arithmetic is float32 either way.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return onednn_linear(x, weight, bias)  # (..., out)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (m, out)
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(grad_out, weight.t())  # (..., in)
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_gradient(grad_rows, x.reshape(-1, x.shape[-1]))  # (out, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_rows.sum(0)  # (out,)
-        return grad_x, grad_weight, grad_bias
-
-
-def weight_gradient(grad_rows, input_rows):
-    """A linear layer's weight gradient `grad_rows.T @ input_rows`: (m, out), (m, in) -> (out, in).
-
-    oneDNN copies a transposed first operand into a contiguous one, and such copies are slow; the product is
-    taken in whichever order transposes the narrower of the two.
-    """
-    if grad_rows.shape[1] > input_rows.shape[1]:
-        return linear(input_rows.t(), grad_rows.t()).t()  # (in, out) -> (out, in), a view
-    return linear(grad_rows.t(), input_rows.t())
-
-
-def linear(x, weight, bias=None):
-    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x, weight)`."""
-    if not uses_onednn(x, weight):
-        return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return OneDNNLinear.apply(x, weight, bias)
-    return onednn_linear(x, weight, bias)
-
-
-def linear_gelu(x, weight, bias):
-    """`F.gelu(F.linear(x, weight, bias))`, in one oneDNN call where `uses_onednn(x, weight)`; without autograd."""
-    if uses_onednn(x, weight):
-        return onednn_linear(x, weight, bias, "gelu")
-    return F.gelu(F.linear(x, weight, bias))
-
-
-class RecomputedFeedForward(torch.autograd.Function):
-    """BART's feed-forward block without dropout, `fc2(gelu(fc1(x)))`, keeping only `x` for the backward pass.
-
-    fc1's output is 4x wider than `x` and the largest tensor a layer would keep; the backward pass recomputes it
-    with one product (a checkpoint would also run fc2 again).
-    Inputs: x (..., d_model), fc1's weight (ffn, d_model) and bias, fc2's weight (d_model, ffn) and bias.
-    """
-
-    @staticmethod
-    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
-        return linear(linear_gelu(x, fc1_weight, fc1_bias), fc2_weight, fc2_bias)  # (..., d_model)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
-        hidden = linear(x, fc1_weight, fc1_bias)  # (..., ffn)
-        activated = F.gelu(hidden)
-        grad_hidden = torch.ops.aten.gelu_backward(linear(grad_out, fc2_weight.t()), hidden)  # (..., ffn)
-        del hidden
-        grad_x, *grads = (None,) * 5
-
-        def rows(t):
-            return t.reshape(-1, t.shape[-1])  # (m, features)
-
-        if ctx.needs_input_grad[3]:
-            grads[2] = weight_gradient(rows(grad_out), rows(activated))  # (d_model, ffn)
-        if ctx.needs_input_grad[4]:
-            grads[3] = rows(grad_out).sum(0)
-        if ctx.needs_input_grad[1]:
-            grads[0] = weight_gradient(rows(grad_hidden), rows(x))  # (ffn, d_model)
-        if ctx.needs_input_grad[2]:
-            grads[1] = rows(grad_hidden).sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_x = linear(grad_hidden, fc1_weight.t())  # (..., d_model)
-        return grad_x, *grads
-
-
-class LSGLinear(nn.Linear):
-    """`nn.Linear` whose products go through `linear` (oneDNN for float32 on CPU). Same parameters and state dict;
-    the LSG-BART models turn their plain `nn.Linear` layers (BART's decoder, the heads) into these."""
-
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
-
-
-def is_plain_linear(layer):
-    """True for an `nn.Linear` (or `LSGLinear`) without hooks: its weights can be used directly. Wrapped layers
-    (LoRA, quantised layers, hooks) are called as they are."""
-    return type(layer) in (nn.Linear, LSGLinear) and not (layer._forward_hooks or layer._forward_pre_hooks)
-
-
-def project(layer, x):
-    """`layer(x)`, through `linear` when the layer is a plain `nn.Linear`."""
-    return linear(x, layer.weight, layer.bias) if is_plain_linear(layer) else layer(x)
-
-
-def dropout(x, p, training):
-    """`F.dropout`. On CPU, `F.dropout` keeps its float noise for the backward pass; this keeps a boolean mask."""
-    if training and 0 < p < 1 and x.device.type == "cpu":
-        return torch.native_dropout(x, p, True)[0]
-    return F.dropout(x, p=p, training=training)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Blocks and windows
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class OverlappingWindows(torch.autograd.Function):
-    """Windows of `size` positions every `step` positions along dim 2, as a view: (n, h, L, c) -> (n, h, w, size, c).
-
-    The view is `x.unfold(2, size, step)`. Its backward pass adds each window's gradient back in `size / step`
-    slices where `step` divides `size`; PyTorch's own `unfold` backward indexes every element and is ~10x slower.
-    """
-
-    @staticmethod
-    def forward(ctx, x, size, step):
-        ctx.shape, ctx.size, ctx.step = x.shape, size, step
-        return x.unfold(2, size, step).transpose(-1, -2)  # (n, h, w, size, c)
-
-    @staticmethod
-    def backward(ctx, grad_windows):
-        size, step = ctx.size, ctx.step
-        if size % step and UNFOLD_BACKWARD:
-            grad = torch.ops.aten.unfold_backward(grad_windows.transpose(-1, -2), ctx.shape, 2, size, step)
-            return grad, None, None
-        n, h, w, _, c = grad_windows.shape
-        grad = grad_windows.new_zeros(ctx.shape)  # (n, h, L, c)
-        if size % step:  # window by window
-            for window in range(w):
-                grad[:, :, window * step : window * step + size] += grad_windows[:, :, window]
-            return grad, None, None
-        steps = grad[:, :, : (w - 1) * step + size].unflatten(2, (-1, step))  # (n, h, w - 1 + size/step, step, c)
-        for part in range(size // step):
-            steps[:, :, part : part + w] += grad_windows[:, :, :, part * step : (part + 1) * step]
-        return grad, None, None
-
-
-def local_windows(x, block_size):
-    """Each block with its left and right neighbour, as overlapping views.
-
-    x: (n, h, bs + t + bs, c), the t tokens with one block of margin on each side (the mask hides the margins,
-    so their content is never seen) -> (n, h, nb, 3*bs, c).
-    """
-    return OverlappingWindows.apply(x, 3 * block_size, block_size)
-
-
-def project_into_heads(project, x, heads, before, after):
-    """Queries (n, h, T, d), and keys and values (n, h, before + T + after, d) with zeros in the margins.
-
-    `project` maps (n, c, h*d) hidden states to their queries, keys and values, each (n, c, h*d). It is applied
-    `TOKEN_CHUNK` tokens at a time: the joint projection of a whole long input would be a tensor of over 32 MB,
-    which glibc maps afresh on every allocation, and touching its new pages costs a fifth of the product.
-    """
-    n, T, _ = x.shape
-    d = x.shape[-1] // heads
-    query = x.new_empty(n, heads, T, d)
-    key, value = (x.new_empty(n, heads, before + T + after, d) for _ in range(2))
-    for buffer in (key, value):
-        buffer[:, :, :before] = 0
-        buffer[:, :, before + T :] = 0
-    for start in range(0, T, TOKEN_CHUNK):
-        parts = project(x[:, start : start + TOKEN_CHUNK])  # 3 x (n, c, h*d)
-        c = parts[0].shape[1]
-        for buffer, offset, part in zip((query, key, value), (start, before + start, before + start), parts):
-            buffer[:, :, offset : offset + c] = part.view(n, c, heads, d).transpose(1, 2)
-    return query, key, value
-
-
-def pad_for_sparse_windows(x, tokens_per_block, sparse_block_size):
-    """(n, h, t/f, c) compressed tokens -> (n, h, t/f + 2*(sbs + tpb), c), zeros/False on both sides."""
-    margin = sparse_block_size + tokens_per_block
-    return F.pad(x, (0, 0, margin, margin))
-
-
-def sparse_windows(padded, tokens_per_block, sparse_block_size, first, blocks):
-    """The compressed tokens just before and just after the local windows of blocks [first, first + blocks).
-
-    `padded` comes from `pad_for_sparse_windows`: the t/f compressed tokens, `tokens_per_block` (= bs/f) of them
-    per block. Block i's local window covers compressed positions [(i-1)*tpb, (i+2)*tpb); it sees `sbs` tokens
-    before it and `sbs` after it. Returns the two parts as views, each (n, h, blocks, sbs, c); positions
-    outside the sequence are 0/False.
-    """
-    tpb, sbs = tokens_per_block, sparse_block_size
-    # The original code starts the "after" part 2 positions early when tpb is odd; checkpoints expect it.
-    after_shift = 2 if tpb % 2 == 1 else 0
-    span = (blocks - 1) * tpb + sbs  # the padded positions the group's windows cover
-    # In padded coordinates block i's "before" part starts at i*tpb and its "after" part at i*tpb + sbs + 3*tpb.
-    parts = []
-    for offset in (0, sbs + 3 * tpb - after_shift):
-        begin = first * tpb + offset
-        parts.append(OverlappingWindows.apply(padded[:, :, begin : begin + span], sbs, tpb))  # (n, h, blocks, sbs, c)
-    return parts
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Sparse selectors: (n, h, t, d) keys and values with their (n, 1|h, t, 1) mask -> t/f compressed tokens
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def gather_tokens(keys, values, mask, index):
-    """Pick tokens per head: index (n|1, h, t', 1) -> keys, values (n, h, t', d), mask (n, h, t', 1)."""
-    n, h, t, d = keys.shape
-    index = index.expand(n, h, -1, 1)
-    # Rows of a flat (n*h*t, d) table: copying whole rows is much faster than `gather` along dim 2.
-    rows = (index + torch.arange(0, n * h * t, t, device=keys.device).view(n, h, 1, 1)).flatten()
-    k = keys.reshape(n * h * t, d).index_select(0, rows).view(n, h, -1, d)
-    v = values.reshape(n * h * t, d).index_select(0, rows).view(n, h, -1, d)
-    return k, v, mask.expand(n, h, t, 1).gather(2, index)
-
-
-def select_by_norm(keys, values, mask, chunk_size, factor):
-    """In each chunk and head, the chunk/f keys of largest L2 norm, in ascending order of norm (no gradient)."""
-    n, h, t, _ = keys.shape
-    with torch.no_grad():
-        norms = keys.norm(dim=-1, keepdim=True).masked_fill(~mask, 0)  # (n, h, t, 1)
-        norms = norms.view(n, h, t // chunk_size, chunk_size)
-        picks = norms.topk(chunk_size // factor, dim=-1).indices.flip(-1)  # (n, h, t/c, c/f)
-        picks = picks + torch.arange(0, t, chunk_size, device=keys.device).view(1, 1, -1, 1)
-    return gather_tokens(keys, values, mask, picks.reshape(n, h, t // factor, 1))
-
-
-def select_by_pooling(keys, values, mask, factor):
-    """Average of the visible tokens in each group of f; a group with none is masked."""
-    n, h, t, d = keys.shape
-    weight = mask.to(keys.dtype)  # (n, 1|h, t, 1)
-    count = weight.view(n, -1, t // factor, factor, 1).sum(3)  # (n, 1|h, t/f, 1)
-
-    def pool(x):
-        return (x * weight).view(n, h, t // factor, factor, d).sum(3) / (count + 1e-6)
-
-    return pool(keys), pool(values), count > 0
-
-
-def select_by_stride(keys, values, mask, factor):
-    """Head j keeps tokens j mod f, j mod f + f, j mod f + 2f, ..."""
-    _, h, t, _ = keys.shape
-    offset = torch.arange(h, device=keys.device) % factor
-    index = torch.arange(0, t, factor, device=keys.device).view(1, 1, -1, 1) + offset.view(1, h, 1, 1)
-    return gather_tokens(keys, values, mask, index)  # index (1, h, t/f, 1)
-
-
-def select_by_block_stride(keys, values, mask, factor, block_size):
-    """In each block, head j keeps the bs/f consecutive tokens starting at (j * bs/f) mod bs."""
-    _, h, t, _ = keys.shape
-    tokens_per_block = block_size // factor
-    start = (torch.arange(h, device=keys.device) * tokens_per_block) % block_size  # (h,)
-    in_block = start.view(h, 1) + torch.arange(tokens_per_block, device=keys.device)  # (h, bs/f)
-    blocks = torch.arange(0, t, block_size, device=keys.device).view(1, -1, 1)  # (1, nb, 1)
-    index = (blocks + in_block.view(h, 1, -1)).view(1, h, t // factor, 1)
-    return gather_tokens(keys, values, mask, index)
-
-
-def lsh_merge(keys, values, counts, num_buckets, generator):
-    """One LSH round: hash each token of each chunk into `num_buckets` buckets and sum per bucket.
-
-    keys, values (n, h, chunks, L, d), counts (n, h, chunks, L, 1) -> the same with L = num_buckets.
-    """
-    n, h, _, _, d = keys.shape
-    num_planes = (num_buckets + 1) // 2
-    planes = torch.randn(h, d, num_planes, generator=generator, device=keys.device).to(keys.dtype)
-    projected = F.normalize(keys, dim=-1) @ planes.view(1, h, 1, d, num_planes)  # (n, h, chunks, L, planes)
-    bucket = torch.cat([projected, -projected], dim=-1)[..., :num_buckets].argmax(-1)  # (n, h, chunks, L)
-    assign = F.one_hot(bucket, num_buckets).to(keys.dtype).transpose(-1, -2)  # (n, h, chunks, buckets, L)
-    return assign @ keys, assign @ values, assign @ counts
-
-
-def select_by_lsh(keys, values, mask, chunk_size, factor, pre_rounds, generator):
-    """Merge the tokens of each chunk by LSH buckets: `pre_rounds` rounds into c buckets, then c/f buckets."""
-    n, h, t, d = keys.shape
-    weight = mask.to(keys.dtype).expand(n, h, t, 1)
-    chunked = (n, h, t // chunk_size, chunk_size, -1)
-    k, v, counts = (keys * weight).view(chunked), (values * weight).view(chunked), weight.reshape(chunked)
-    for num_buckets in [chunk_size] * pre_rounds + [chunk_size // factor]:
-        k, v, counts = lsh_merge(k, v, counts, num_buckets, generator)  # (n, h, t/c, buckets, d)
-    k, v, counts = (x.reshape(n, h, t // factor, -1) for x in (k, v, counts))
-    # Counts are whole numbers: dividing by max(count, 1) equals the original's count + 1e-8 in float32, and
-    # unlike it stays finite in float16, where 1e-8 rounds to 0.
-    return k / counts.clamp_min(1), v / counts.clamp_min(1), counts > 0
-
-
-def select_by_bos_pooling(keys, values, mask, first_query, factor):
-    """Pool each group of f tokens with softmax weights of the first real token's query against its keys.
-
-    Every pooled token is visible, even a group made only of padding (as in the original).
-    first_query: (n, h, 1, d), already scaled.
-    """
-    n, h, t, d = keys.shape
-    scores = (keys @ first_query.transpose(-1, -2)).masked_fill(~mask, torch.finfo(keys.dtype).min)  # (n, h, t, 1)
-    weight = scores.view(n, h, t // factor, factor, 1).softmax(dim=3)  # (n, h, t/f, f, 1)
-
-    def pool(x):
-        return (x.view(n, h, t // factor, factor, d) * weight).sum(3)
-
-    return pool(keys), pool(values), mask.new_ones(n, 1, t // factor, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Attending a set of keys
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def attend(query, key, value, visible, dropout, use_sdpa, scale):
-    """Softmax attention of queries (..., q, d) over keys (..., k, d); visible (..., 1|q, k) bool.
-
-    `use_sdpa` runs PyTorch's fused kernel; otherwise scores, an additive mask and a softmax are written out.
-    """
-    if use_sdpa:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=dropout, scale=scale)
-    scores = (query @ key.transpose(-1, -2)) * scale  # (..., q, k)
-    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout)
-    return probs @ value  # (..., q, d)
-
-
-class TwoPartAttention(torch.autograd.Function):
-    """Attention over the union of two key sets, each through PyTorch's fused CPU kernel, merged by log-sum-exp.
-
-    The first set is the local window, an overlapping view of the keys that is never copied. The second set comes
-    as pieces (global tokens, sparse windows) joined here, and joined again in the backward pass instead of being
-    kept. The backward pass gives each set the merged output and log-sum-exp, so the kernel's own backward
-    computes the union's gradient restricted to that set's keys, as flash attention does across key blocks.
-
-    Inputs: query (B, nb, q, d) and the scale of its scores; local keys and values (B, nb, k, d) and float mask
-    (B|1, nb, 1, k); the float mask of the other set (B|1, nb, 1, K), then its key pieces and its value pieces,
-    each (B, nb, k_i, d).
-    """
-
-    @staticmethod
-    def forward(ctx, query, scale, local_key, local_value, local_bias, context_bias, *context):
-        pieces = len(context) // 2
-        context_key, context_value = torch.cat(context[:pieces], dim=2), torch.cat(context[pieces:], dim=2)
-        results = []
-        for key, value, bias in ((local_key, local_value, local_bias), (context_key, context_value, context_bias)):
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, attn_mask=bias, scale=scale
-            )[:2]
-            results.append((out, lse))  # (B, nb, q, d), (B, nb, q)
-        (local_out, local_lse), (context_out, context_lse) = results
-        lse = torch.logaddexp(local_lse, context_lse)  # (B, nb, q)
-        # The local part's share of the softmax mass, exp(local_lse - lse), is this sigmoid.
-        local_share = torch.sigmoid(local_lse - context_lse).unsqueeze(-1).to(query.dtype)  # (B, nb, q, 1)
-        out = context_out.lerp_(local_out, local_share)  # (B, nb, q, d)
-        ctx.scale = scale
-        ctx.save_for_backward(query, local_key, local_value, local_bias, context_bias, out, lse, *context)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        query, local_key, local_value, local_bias, context_bias, out, lse, *context = ctx.saved_tensors
-        pieces = len(context) // 2
-        context_key, context_value = torch.cat(context[:pieces], dim=2), torch.cat(context[pieces:], dim=2)
-        grad_out = grad_out.contiguous()
-        grads = [
-            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_out, query, key, value, out, lse, 0.0, False, attn_mask=bias, scale=ctx.scale
-            )
-            for key, value, bias in ((local_key, local_value, local_bias), (context_key, context_value, context_bias))
-        ]
-        (local_q, local_k, local_v), (context_q, context_k, context_v) = grads
-        sizes = [piece.shape[2] for piece in context[:pieces]]
-        return (
-            local_q + context_q,
-            None,
-            local_k,
-            local_v,
-            None,
-            None,
-            *context_k.split(sizes, dim=2),
-            *context_v.split(sizes, dim=2),
-        )
-
-
-def attend_in_two_parts(query, local, context, scale):
-    """`TwoPartAttention` of (n*h, nb, bs, d) block queries over the local window and the other key sets.
-
-    `local` is one (key, value, visible) part and `context` a list of them, as for `batch_key_sets`.
-    """
-    n_h = query.shape[0]
-    n = local[2].shape[0]
-    local_key, local_value, local_visible = flat_key_sets([local], n, n_h // n)
-    context_keys, context_values, context_visible = flat_key_sets(context, n, n_h // n)
-
-    def bias(visible):  # the kernel wants a float mask
-        zeros = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
-        return zeros.masked_fill(~visible, torch.finfo(query.dtype).min)
-
-    return TwoPartAttention.apply(
-        query, scale, local_key[0], local_value[0], bias(local_visible), bias(context_visible), *context_keys, *context_values
-    )
-
-
-def attend_bf16_written_out(query, key, value, visible, scale):
-    """Attention of bfloat16 block queries (B, g, q, d) over keys (B, g, k, d), visible (B, g, 1, k), with the
-    scores written out, a few blocks at a time so that they stay in cache.
-
-    For inference on CPU: the batched products go to oneDNN's bfloat16 kernel, and the three steps together take
-    about half the time of PyTorch's fused kernel, which is no faster in bfloat16 than in float32 (its softmax
-    runs in float32). Its relative L2 error against float32 is the fused kernel's in bfloat16 (benchmarks/).
-    """
-    B, g, q, d = query.shape
-    bias = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
-    bias = bias.masked_fill_(~visible, torch.finfo(query.dtype).min).flatten(0, 1)  # (B*g, 1, k)
-    query = (query * scale).flatten(0, 1)  # (B*g, q, d)
-    key, value = key.flatten(0, 1), value.flatten(0, 1)  # (B*g, k, d)
-    rows = max(1, SCORES_IN_CACHE // (q * key.shape[1]))
-    outputs = []
-    for first in range(0, B * g, rows):
-        part = slice(first, first + rows)
-        scores = query[part] @ key[part].transpose(-1, -2)  # (rows, q, k)
-        outputs.append(scores.add_(bias[part]).softmax(dim=-1) @ value[part])  # (rows, q, d)
-    return torch.cat(outputs).view(B, g, q, d)
-
-
-def can_attend_bf16_written_out(query, dropout):
-    """Whether `attend_bf16_written_out` applies: bfloat16 inference on a CPU with bfloat16 instructions."""
-    on_cpu = query.device.type == "cpu" and CPU_BF16
-    return on_cpu and query.dtype == torch.bfloat16 and dropout == 0.0 and not torch.is_grad_enabled()
-
-
-def can_attend_in_two_parts(query, dropout):
-    """Whether `attend_in_two_parts` applies: on CPU where the fused kernel passed its probe, without dropout, in
-    a dtype the kernel masks safely."""
-    on_cpu = query.device.type == "cpu" and CPU_FLASH_ATTENTION
-    return on_cpu and dropout == 0.0 and query.dtype in (torch.float32, torch.bfloat16)
-
-
-def flat_key_sets(parts, n, h):
-    """(key, value, visible) parts of shape (n, h|1, nb, k, c), with (n*h) as the kernel's batch.
-
-    Returns the lists of keys and of values, each (n*h, nb, k, d), and the joined visible mask (n*h, nb, 1, K).
-    """
-    keys, values, masks = zip(*parts)
-    keys = [k.expand(n, h, -1, -1, -1).flatten(0, 1) for k in keys]  # (n*h, nb, k, d)
-    values = [v.expand(n, h, -1, -1, -1).flatten(0, 1) for v in values]
-    masks = [m.squeeze(-1) for m in masks]  # (n, h|1, nb, k)
-    mask_heads = max(m.shape[1] for m in masks)
-    visible = torch.cat([m.expand(n, mask_heads, -1, -1) for m in masks], dim=3)  # (n, h|1, nb, K)
-    visible = visible.expand(n, h, -1, -1).reshape(n * h, -1, 1, visible.shape[-1])  # (n*h, nb, 1, K)
-    return keys, values, visible
-
-
-def batch_key_sets(parts, n, h):
-    """The parts joined along the keys: keys and values (n*h, nb, K, d), visible (n*h, nb, 1, K)."""
-    keys, values, visible = flat_key_sets(parts, n, h)
-    return torch.cat(keys, dim=2), torch.cat(values, dim=2), visible
 
 
 class LSGSelfAttention(BartAttention):
     """BART self-attention of the encoder computed with LSG attention (same projections and weights).
 
-    Expects `attention_mask` as a (n, T) boolean tensor of visible keys, global tokens included. Runs the
-    straightforward path when `config._attn_implementation == "eager"`, and the fast path otherwise: PyTorch's
-    SDPA kernel over blocks (on CPU in two parts, local window and the rest), or for bfloat16 inference on CPU
-    the scores written out a few blocks at a time.
+    Expects `attention_mask` as a (n, T) boolean tensor of visible keys, global tokens included. The kernel is
+    chosen once per call by `lsg_kernels.choose_kernel` from `config.lsg_kernel` ("auto" by default), the device,
+    dtype, autograd and dropout; `attn_implementation="eager"` makes "auto" pick the written-out `eager` kernel.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
@@ -628,37 +83,35 @@ class LSGSelfAttention(BartAttention):
         )
         self.layer_idx = layer_idx
 
-    # The LSG settings are read from the config on every call, so that a change made after loading (checked by
-    # the config when it is set) takes effect.
-    block_size = property(lambda self: self.config.block_size)
-    sparse_block_size = property(lambda self: self.config.sparse_block_size)
-    sparsity_factor = property(lambda self: self.config.sparsity_factor)
-    sparsity_type = property(lambda self: self.config.sparsity_type)
-    num_global_tokens = property(lambda self: self.config.num_global_tokens)
-    lsh_num_pre_rounds = property(lambda self: self.config.lsh_num_pre_rounds)
-    lsh_seed = property(lambda self: self.config.lsh_seed)
-
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        # The LSG settings are read from the config on every call, so that a change made after loading (checked
+        # by the config when it is set) takes effect.
+        config = self.config
         n, T, _ = hidden_states.shape
         h, d = self.num_heads, self.head_dim
-        G, bs = self.num_global_tokens, self.block_size
+        G, bs = config.num_global_tokens, config.block_size
         if attention_mask is None:
             attention_mask = hidden_states.new_ones(n, T, dtype=torch.bool)
         visible = attention_mask.view(n, 1, T, 1)  # (n, 1, T, 1)
-        use_sdpa = self.config._attn_implementation != "eager"
-        dropout = self.dropout if self.training else 0.0
+        dropout_p = self.dropout if self.training else 0.0
+        kernel = choose_kernel(
+            config.lsg_kernel, hidden_states, dropout_p, eager_attention=config._attn_implementation == "eager"
+        )
 
         project_qkv = self.qkv_projection()
-        if T <= 2 * bs + G:
+        if T <= 2 * bs + G:  # full attention
             query, key, value = (x.view(n, T, h, d).transpose(1, 2) for x in project_qkv(hidden_states))  # (n, h, T, d)
-            out = attend(query, key, value, visible.transpose(-1, -2), dropout, use_sdpa, self.scaling).transpose(1, 2)
+            use_sdpa = kernel not in ("eager", "reference")
+            out = attend(query, key, value, visible.transpose(-1, -2), dropout_p, use_sdpa, self.scaling)
+            out = out.transpose(1, 2)  # (n, T, h, d)
         else:
             # Keys and values get a block of margin around the non-global tokens, so that every local window
             # is a view of them; the query is contiguous, so that its blocks are views too.
             margin = max(bs - G, 0)
             query, key, value = project_into_heads(project_qkv, hidden_states, h, margin, bs)
-            out = self.lsg_attention(query, key, value, visible, margin, dropout, use_sdpa)  # (n, T, h, d)
-
+            out = lsg_attention(
+                query, key, value, visible, margin, config, self.scaling, dropout_p, kernel, self.layer_idx
+            )  # (n, T, h, d)
         return project(self.out_proj, out.reshape(n, T, h * d)), None
 
     def qkv_projection(self):
@@ -671,99 +124,6 @@ class LSGSelfAttention(BartAttention):
         bias = torch.cat([layer.bias for layer in layers]) if all(layer.bias is not None for layer in layers) else None
         return lambda x: linear(x, weight, bias).split(self.embed_dim, dim=-1)
 
-    def lsg_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
-        """Global rows attend to everything; each block of the rest to global + sparse window + local window.
-
-        query (n, h, T, d); key and value (n, h, margin + T + bs, d), the T tokens starting at `margin`.
-        Returns (n, T, h, d).
-        """
-        G, T = self.num_global_tokens, query.shape[2]
-        all_keys, all_values = key[:, :, margin : margin + T], value[:, :, margin : margin + T]  # (n, h, T, d)
-        global_out = attend(
-            query[:, :, :G], all_keys, all_values, visible.transpose(-1, -2), dropout, use_sdpa, self.scaling
-        )
-        if use_sdpa and torch.is_grad_enabled() and not can_attend_in_two_parts(query, dropout):
-            # Training with the joined key sets, ~5x the size of the keys: rebuilding them in the backward pass
-            # instead of keeping them saves most of the attention's memory for a small share of its time.
-            block_out = checkpoint(
-                self.block_attention, query, key, value, visible, margin, dropout, use_sdpa, use_reentrant=False
-            )
-        else:
-            block_out = self.block_attention(query, key, value, visible, margin, dropout, use_sdpa)
-        return torch.cat([x.transpose(1, 2) for x in (global_out, *block_out)], dim=1)  # (n, T, h, d)
-
-    def block_attention(self, query, key, value, visible, margin, dropout, use_sdpa):
-        """The rows after the global tokens, block by block: a tuple of (n, h, rows, d) outputs, in order.
-
-        Arguments as for `lsg_attention`.
-        """
-        n, h, T, d = query.shape
-        G, bs = self.num_global_tokens, self.block_size
-        nb = (T - G) // bs
-        start = margin + G  # where the non-global tokens begin in `key` and `value`
-
-        rest = (key[:, :, start : start + T - G], value[:, :, start : start + T - G], visible[:, :, G:])  # (n, h|1, t, d|1)
-        global_kv = (key[:, :, margin:start], value[:, :, margin:start], visible[:, :, :G])  # (n, h|1, G, d|1)
-        tpb, sbs = bs // self.sparsity_factor, self.sparse_block_size
-        padded_sparse = []
-        if sbs > 0 and self.sparsity_type != "none":
-            sparse = self.select_sparse_tokens(*rest, query[:, :, G : G + 1] * self.scaling)
-            padded_sparse = [pad_for_sparse_windows(x, tpb, sbs) for x in sparse]  # (n, h|1, t/f + margins, d|1)
-        with_margins = (key[:, :, start - bs :], value[:, :, start - bs :], F.pad(rest[2], (0, 0, bs, bs)))
-
-        block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d), a view
-        two_parts = use_sdpa and can_attend_in_two_parts(block_query, dropout)
-        written_out = use_sdpa and can_attend_bf16_written_out(block_query, dropout)
-        # Groups of blocks are attended one after the other, so that their joined key sets stay small. Each
-        # group's windows are views cut from its own stretch of tokens: in the backward pass they fill gradients
-        # of that stretch, not zero-filled gradients the size of every window.
-        group_size = max(1, TOKEN_CHUNK // bs)
-        outputs = []
-        for first in range(0, nb, group_size):
-            blocks = min(group_size, nb - first)
-            # Key sets as (key, value, visible) triples of shape (n, h|1, blocks, k, d|1), in the spec's order:
-            # global tokens, the sparse window before and after the block, then the local window.
-            group_context = [tuple(x.unsqueeze(2).expand(-1, -1, blocks, -1, -1) for x in global_kv)]
-            if padded_sparse:
-                windows = [sparse_windows(x, tpb, sbs, first, blocks) for x in padded_sparse]
-                group_context += list(zip(*windows))
-            stretch = slice(first * bs, (first + blocks + 2) * bs)  # the group's blocks and one on each side
-            group_local = tuple(local_windows(x[:, :, stretch], bs) for x in with_margins)  # (n, h|1, blocks, 3*bs, d|1)
-            group_query = block_query[:, first : first + blocks]
-            if two_parts and not written_out:
-                out = attend_in_two_parts(group_query, group_local, group_context, self.scaling)
-            else:
-                key_set, value_set, visible_set = batch_key_sets(group_context + [group_local], n, h)  # (n*h, g, K, d)
-                if written_out:
-                    out = attend_bf16_written_out(group_query, key_set, value_set, visible_set, self.scaling)
-                else:
-                    out = attend(group_query, key_set, value_set, visible_set, dropout, use_sdpa, self.scaling)
-            outputs.append(out.view(n, h, -1, d))  # (n, h, g*bs, d)
-        return tuple(outputs)
-
-    def select_sparse_tokens(self, keys, values, visible, first_query):
-        """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector.
-
-        `first_query` (n, h, 1, d), scaled, is the first non-global token's query (for `bos_pooling`).
-        """
-        f, chunk_size = self.sparsity_factor, min(self.block_size, self.sparse_block_size)
-        if f == 1:
-            return keys, values, visible
-        if self.sparsity_type == "norm":
-            return select_by_norm(keys, values, visible, chunk_size, f)
-        if self.sparsity_type == "pooling":
-            return select_by_pooling(keys, values, visible, f)
-        if self.sparsity_type == "stride":
-            return select_by_stride(keys, values, visible, f)
-        if self.sparsity_type == "block_stride":
-            return select_by_block_stride(keys, values, visible, f, self.block_size)
-        if self.sparsity_type == "lsh" and f != self.sparse_block_size:
-            generator = None
-            if self.lsh_seed is not None:
-                generator = torch.Generator(device=keys.device).manual_seed(self.lsh_seed + (self.layer_idx or 0))
-            return select_by_lsh(keys, values, visible, chunk_size, f, self.lsh_num_pre_rounds, generator)
-        return select_by_bos_pooling(keys, values, visible, first_query, f)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encoder
@@ -773,9 +133,9 @@ class LSGSelfAttention(BartAttention):
 class LSGBartEncoderLayer(BartEncoderLayer):
     """A BART encoder layer whose self-attention is [`LSGSelfAttention`].
 
-    Same computation as BART's layer. What follows the attention works token by token, so it runs on chunks of
-    `TOKEN_CHUNK` tokens: the feed-forward block's 4x-wide intermediate then stays in cache, and its memory does
-    not grow with the input length.
+    Same computation as BART's layer. What follows the attention works token by token, so on CPU it runs on
+    chunks of `TOKEN_CHUNK` tokens: the feed-forward block's 4x-wide intermediate then stays in cache, and its
+    memory does not grow with the input length.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
@@ -785,8 +145,11 @@ class LSGBartEncoderLayer(BartEncoderLayer):
 
     def forward(self, hidden_states, attention_mask, **kwargs):
         attended, _ = self.self_attn(hidden_states, attention_mask=attention_mask, **kwargs)  # (n, T, d_model)
-        chunks = zip(hidden_states.split(TOKEN_CHUNK, dim=1), attended.split(TOKEN_CHUNK, dim=1))
-        hidden_states = torch.cat([self.after_attention(*chunk) for chunk in chunks], dim=1)  # (n, T, d_model)
+        if cpu_tuning(hidden_states):
+            chunks = zip(hidden_states.split(TOKEN_CHUNK, dim=1), attended.split(TOKEN_CHUNK, dim=1))
+            hidden_states = torch.cat([self.after_attention(*chunk) for chunk in chunks], dim=1)  # (n, T, d_model)
+        else:
+            hidden_states = self.after_attention(hidden_states, attended)
         if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
             clamp_value = torch.finfo(hidden_states.dtype).max - 1000
             hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
@@ -796,7 +159,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
         """Residual and layer norm, then BART's feed-forward block: (n, chunk, d_model) -> (n, chunk, d_model)."""
         attended = dropout(attended, self.dropout, self.training)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and cpu_tuning(hidden_states):
             fed_forward = self.feed_forward_for_training(hidden_states)
         else:
             fed_forward = self.project_down(self.fc1_activated(hidden_states))
@@ -809,7 +172,8 @@ class LSGBartEncoderLayer(BartEncoderLayer):
         return self.exact_gelu and all(is_plain_linear(layer) and layer.bias is not None for layer in layers)
 
     def feed_forward_for_training(self, hidden_states):
-        """The feed-forward block with autograd, keeping less than fc1's 4x-wide output for the backward pass."""
+        """The feed-forward block with autograd on CPU, keeping less than fc1's 4x-wide output for the backward
+        pass (elsewhere recomputation is left to activation checkpointing, when it is asked for)."""
         autocast = torch.is_autocast_enabled(hidden_states.device.type)  # its backward would get mixed dtypes
         if self.plain_gelu_block() and (self.activation_dropout == 0 or not self.training) and not autocast:
             fc1, fc2 = self.fc1, self.fc2
@@ -863,6 +227,7 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
             raise OSError(f"{cls.__name__}: cannot read the weights in {where}: {error}") from error
 
     def post_init(self):
+        self.config.check_lsg_settings()  # also the settings given to `from_pretrained`, set one by one
         super().post_init()
         # Changing the class keeps each layer's parameters, hooks and tied weights as they are.
         for module in self.modules():
@@ -887,7 +252,7 @@ def check_encoder_inputs(input_ids, attention_mask, inputs_embeds, vocab_size):
         )
     if given.shape[1] == 0:
         raise ValueError(f"LSG-BART encoder: `{name}` is empty (shape {tuple(given.shape)}); give at least one token.")
-    if input_ids is not None and input_ids.numel():
+    if input_ids is not None and input_ids.numel() and not tracing():  # a data-dependent check: eager only
         low, high = torch.aminmax(input_ids)
         if low < 0 or high >= vocab_size:
             bad = high.item() if high >= vocab_size else low.item()
@@ -948,6 +313,7 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
             Return a [`BaseModelOutput`] (the default) or a tuple.
         """
         config = self.config
+        config.check_lsg_settings()  # settings changed after loading take effect here, checked together
         check_encoder_inputs(input_ids, attention_mask, inputs_embeds, config.vocab_size)
         n, t = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         device = self.embed_positions.weight.device

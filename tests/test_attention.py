@@ -6,19 +6,29 @@ import torch.nn.functional as F
 from conftest import padded_batch, tiny_config
 
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
+from lsg_bart import lsg_attention as attention
+from lsg_bart import lsg_kernels as kernels
 from lsg_bart import modeling_lsg_bart as modeling
-from lsg_bart.modeling_lsg_bart import (
-    LSGSelfAttention,
+from lsg_bart.lsg_attention import (
     OverlappingWindows,
-    attend,
-    attend_bf16_written_out,
-    attend_in_two_parts,
-    batch_key_sets,
+    lsg_attention,
     select_by_block_stride,
     select_by_norm,
     select_by_pooling,
     select_by_stride,
+    select_sparse_tokens,
 )
+from lsg_bart.lsg_kernels import (
+    KERNELS,
+    attend,
+    attend_bf16_written_out,
+    attend_in_two_parts,
+    batch_key_sets,
+    kernel_problem,
+)
+
+# Kernels with autograd; `cpu_bf16_scores` is for bfloat16 inference and tested on its own.
+TRAINING_KERNELS = ["eager", "sdpa", "cpu_two_part", "flex"]
 
 
 def random_tokens(n=2, h=4, t=32, d=8, seed=0):
@@ -93,18 +103,20 @@ def test_stride_and_block_stride_pick_the_specified_tokens(factor):
         assert torch.equal(k[:, head], keys[:, head, picks])
 
 
-def literal_lsg(attn, query, key, value, visible):
+def literal_lsg(config, query, key, value, visible, scale):
     """LSG-SPEC section 4 read literally: for every block, list its keys one index at a time."""
-    query = query * attn.scaling
+    query = query * scale
     n, h, T, d = query.shape
-    G, bs, f, sbs = attn.num_global_tokens, attn.block_size, attn.sparsity_factor, attn.sparse_block_size
+    G, bs, f, sbs = config.num_global_tokens, config.block_size, config.sparsity_factor, config.sparse_block_size
     t = T - G
     per_block = bs // f
     scores_mask = visible[:, 0, :, 0]  # (n, T)
     out = torch.empty_like(query)
     full = (query[:, :, :G] @ key.transpose(-1, -2)).masked_fill(~scores_mask[:, None, None], float("-inf"))
     out[:, :, :G] = full.softmax(-1) @ value
-    sparse_k, sparse_v, sparse_m = attn.select_sparse_tokens(key[:, :, G:], value[:, :, G:], visible[:, :, G:], query[:, :, G : G + 1])
+    sparse_k, sparse_v, sparse_m = select_sparse_tokens(
+        key[:, :, G:], value[:, :, G:], visible[:, :, G:], query[:, :, G : G + 1], config, None
+    )
     sparse_m = sparse_m.expand(n, h, -1, 1)[..., 0]
     rest_m = visible[:, 0, G:, 0]
     after_start_shift = 2 if per_block % 2 == 1 else 0
@@ -112,7 +124,7 @@ def literal_lsg(attn, query, key, value, visible):
         for b in range(n):
             for head in range(h):
                 ks, vs, ms = [key[b, head, :G]], [value[b, head, :G]], [torch.ones(G, dtype=torch.bool)]
-                if attn.sparsity_type != "none" and sbs > 0:
+                if config.sparsity_type != "none" and sbs > 0:
                     starts = [(i - 1) * per_block - sbs, (i + 2) * per_block - after_start_shift]
                     for p in [s + j for s in starts for j in range(sbs)]:
                         inside = 0 <= p < t // f
@@ -139,82 +151,122 @@ def norm_accepts(block_size, sparsity_factor, sparse_block_size):
     return block_size % chunk == 0 and chunk % sparsity_factor == 0
 
 
-@pytest.mark.parametrize(
-    "sparsity_type, block_size, sparsity_factor, sparse_block_size",
-    [
-        (sparsity_type, *geometry)
-        for sparsity_type in ["none", "norm", "pooling", "stride", "block_stride", "bos_pooling"]
-        for geometry in GEOMETRIES
-        if sparsity_type != "norm" or norm_accepts(*geometry)
-    ],
-)
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("token_chunk", [2048, 20])  # 20: blocks attended in several groups
-def test_block_key_sets_follow_the_spec(
-    sparsity_type, block_size, sparsity_factor, sparse_block_size, attn_implementation, token_chunk, monkeypatch
-):
-    monkeypatch.setattr(modeling, "TOKEN_CHUNK", token_chunk)
-    config = tiny_config(
-        block_size=block_size,
-        sparsity_factor=sparsity_factor,
-        sparse_block_size=sparse_block_size,
-        sparsity_type=sparsity_type,
-        num_global_tokens=2,
-        attn_implementation=attn_implementation,
-    )
-    attn = LSGSelfAttention(config).eval()
-    generator = torch.Generator().manual_seed(1)
+def layer_inputs(block_size, seed=1):
+    """Queries, keys and values of 8 blocks and 2 global tokens, row 1 padded; keys and values also with the
+    margins that the layer gives them (a block around the non-global tokens)."""
+    generator = torch.Generator().manual_seed(seed)
     n, h, t, d = 2, 4, 8 * block_size, 8
     T = t + 2
     query, key, value = (torch.randn(n, h, T, d, generator=generator) for _ in range(3))
     visible = torch.ones(n, 1, T, 1, dtype=torch.bool)
     visible[1, :, T - block_size - 3 :] = False
-    margin = max(block_size - 2, 0)  # the layout the layer gives keys and values: a block of margin around the rest
-    key_with_margin, value_with_margin = (F.pad(x, (0, 0, margin, block_size)) for x in (key, value))
-    with torch.no_grad():
-        ours = attn.lsg_attention(
-            query, key_with_margin, value_with_margin, visible, margin, 0.0, attn_implementation == "sdpa"
-        )
-    expected = literal_lsg(attn, query, key, value, visible).transpose(1, 2)  # (n, T, h, d)
+    margin = max(block_size - 2, 0)
+    with_margins = tuple(F.pad(x, (0, 0, margin, block_size)) for x in (key, value))
+    return query, key, value, visible, margin, with_margins
+
+
+def geometry_config(sparsity_type, block_size, sparsity_factor, sparse_block_size):
+    return tiny_config(block_size=block_size, sparsity_factor=sparsity_factor, sparse_block_size=sparse_block_size,
+                       sparsity_type=sparsity_type, num_global_tokens=2)
+
+
+SPEC_CASES = [
+    (sparsity_type, *geometry)
+    for sparsity_type in ["none", "norm", "pooling", "stride", "block_stride", "bos_pooling"]
+    for geometry in GEOMETRIES
+    if sparsity_type != "norm" or norm_accepts(*geometry)
+]
+
+
+@pytest.mark.parametrize(
+    "sparsity_type, block_size, sparsity_factor, sparse_block_size",
+    [case for case in SPEC_CASES if case[0] in ("norm", "stride") or case[1:] == GEOMETRIES[-1]],
+)
+def test_reference_kernel_follows_the_literal_spec(sparsity_type, block_size, sparsity_factor, sparse_block_size):
+    config = geometry_config(sparsity_type, block_size, sparsity_factor, sparse_block_size)
+    query, key, value, visible, margin, (key_m, value_m) = layer_inputs(block_size)
+    ours = lsg_attention(query, key_m, value_m, visible, margin, config, 0.35, 0.0, "reference")
+    expected = literal_lsg(config, query, key, value, visible, 0.35).transpose(1, 2)  # (n, T, h, d)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
-def model_pair(sparsity_type):
-    """The same weights with the fused (sdpa) path and the straightforward (eager) path."""
-    config = tiny_config(sparsity_type=sparsity_type, lsh_seed=3, attn_implementation="eager")
-    reference = LSGBartModel(config).eval()
-    fast = LSGBartModel(tiny_config(sparsity_type=sparsity_type, lsh_seed=3, attn_implementation="sdpa")).eval()
-    fast.load_state_dict(reference.state_dict())
-    return reference, fast
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k not in ("reference", "cpu_bf16_scores")])
+@pytest.mark.parametrize("sparsity_type, block_size, sparsity_factor, sparse_block_size", SPEC_CASES)
+def test_every_kernel_follows_the_reference_on_every_geometry(
+    kernel, sparsity_type, block_size, sparsity_factor, sparse_block_size
+):
+    config = geometry_config(sparsity_type, block_size, sparsity_factor, sparse_block_size)
+    query, _, _, visible, margin, (key_m, value_m) = layer_inputs(block_size)
+    with torch.no_grad():
+        if kernel_problem(kernel, query, 0.0):  # cpu_two_part where the CPU kernel failed its probe
+            with pytest.raises(ValueError, match=f"lsg_kernel='{kernel}' cannot run here"):
+                kernels.choose_kernel(kernel, query, 0.0)
+            return
+        ours, expected = (
+            lsg_attention(query, key_m, value_m, visible, margin, config, 0.35, 0.0, name)
+            for name in (kernel, "reference")
+        )
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
+def model_pair(sparsity_type, kernel, dtype=torch.float32):
+    """The same weights with the `reference` kernel and with `kernel`."""
+    reference = LSGBartModel(tiny_config(sparsity_type=sparsity_type, lsh_seed=3, lsg_kernel="reference")).eval()
+    other = LSGBartModel(tiny_config(sparsity_type=sparsity_type, lsh_seed=3, lsg_kernel=kernel)).eval()
+    other.load_state_dict(reference.state_dict())
+    return reference.to(dtype), other.to(dtype)
+
+
+@pytest.mark.parametrize("kernel", TRAINING_KERNELS)
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
-def test_fast_path_matches_reference_forward_and_backward(sparsity_type):
-    reference, fast = model_pair(sparsity_type)
+def test_every_kernel_matches_the_reference_forward_and_backward(sparsity_type, kernel):
+    reference, other = model_pair(sparsity_type, kernel)
     input_ids, attention_mask = padded_batch([300, 237])
+    problem = kernel_problem(kernel, torch.ones(1), 0.0)
+    if problem:  # forcing a kernel that cannot run here is refused, naming it
+        with pytest.raises(ValueError, match=f"lsg_kernel='{kernel}' cannot run here"):
+            other.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return
     results = []
-    for model in (reference, fast):
+    for model in (reference, other):
         out = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        loss = (out * attention_mask.new_ones(1).float()).pow(2).mean()
-        loss.backward()
+        out.pow(2).mean().backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         results.append((out.detach(), grads))
-    (ref_out, ref_grads), (fast_out, fast_grads) = results
-    torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-5)
-    assert ref_grads.keys() == fast_grads.keys() and any("q_proj" in name for name in ref_grads)
+    (ref_out, ref_grads), (out, grads) = results
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    assert ref_grads.keys() == grads.keys() and any("q_proj" in name for name in ref_grads)
     for name in ref_grads:
-        torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
-def test_fast_inference_path_matches_reference(sparsity_type):
-    reference, fast = model_pair(sparsity_type)
+def test_auto_inference_matches_the_reference(sparsity_type):
+    reference, auto = model_pair(sparsity_type, "auto")
     input_ids, attention_mask = padded_batch([300, 150])  # row 1: whole blocks of padding
     with torch.inference_mode():
-        ref_out, fast_out = (
-            m.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for m in (reference, fast)
+        ref_out, out = (
+            m.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for m in (reference, auto)
         )
-    torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_choice_follows_device_dtype_training_and_dropout():
+    cpu32, cpu16 = torch.ones(1), torch.ones(1, dtype=torch.bfloat16)
+    two_part = "cpu_two_part" if kernels.CPU_FLASH_ATTENTION else "sdpa"
+    assert kernels.choose_kernel("auto", cpu32, 0.0) == two_part
+    assert kernels.choose_kernel("auto", cpu32, 0.1) == "sdpa"  # attention dropout: the public kernel
+    assert kernels.choose_kernel("auto", cpu32, 0.0, eager_attention=True) == "eager"
+    with torch.no_grad():
+        assert kernels.choose_kernel("auto", cpu16, 0.0) == ("cpu_bf16_scores" if kernels.CPU_BF16 else two_part)
+    assert kernels.choose_kernel("auto", cpu16, 0.0) == two_part  # with autograd
+    assert kernels.choose_kernel("sdpa", cpu32, 0.1) == "sdpa"
+    with pytest.raises(ValueError, match="lsg_kernel='cpu_two_part' cannot run here.*dropout"):
+        kernels.choose_kernel("cpu_two_part", cpu32, 0.1)
+    with pytest.raises(ValueError, match="lsg_kernel='cpu_bf16_scores' cannot run here"):
+        kernels.choose_kernel("cpu_bf16_scores", cpu32, 0.0)
+    with pytest.raises(ValueError, match="lsg_kernel='flex' cannot run here: FlexAttention has no attention dropout"):
+        kernels.choose_kernel("flex", cpu32, 0.1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -255,7 +307,7 @@ def test_two_part_attention_equals_attention_over_the_union(dtype):
 
 @pytest.mark.parametrize("scores_in_cache", [2**21, 300])  # 300: one block at a time
 def test_bf16_written_out_attention_equals_attention_over_the_union(scores_in_cache, monkeypatch):
-    monkeypatch.setattr(modeling, "SCORES_IN_CACHE", scores_in_cache)
+    monkeypatch.setattr(kernels, "SCORES_IN_CACHE", scores_in_cache)
     B, nb, q, k, d = 6, 5, 8, 20, 16
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(B, nb, s, d, generator=generator).bfloat16() for s in (q, k, k))
@@ -268,17 +320,17 @@ def test_bf16_written_out_attention_equals_attention_over_the_union(scores_in_ca
 
 
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
-def test_bf16_inference_path_matches_reference(sparsity_type, monkeypatch):
-    reference, fast = (model.to(torch.bfloat16) for model in model_pair(sparsity_type))
-    calls = []
-    monkeypatch.setattr(modeling, "attend_bf16_written_out", lambda *args: calls.append(1) or attend_bf16_written_out(*args))
+def test_bf16_scores_kernel_matches_reference_in_inference(sparsity_type):
+    reference, fast = model_pair(sparsity_type, "cpu_bf16_scores", torch.bfloat16)
     input_ids, attention_mask = padded_batch([300, 150])
     with torch.inference_mode():
+        if not kernels.CPU_BF16:  # forcing it on a CPU without bf16 instructions is refused
+            with pytest.raises(ValueError, match="lsg_kernel='cpu_bf16_scores' cannot run here"):
+                fast.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            return
         ref_out, fast_out = (
             m.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state for m in (reference, fast)
         )
-    # One group of blocks per layer, on CPUs with bfloat16 instructions only (elsewhere it would be slower).
-    assert len(calls) == (fast.config.encoder_layers if modeling.CPU_BF16 else 0)
     assert torch.isfinite(fast_out).all()
     # Both round to bfloat16 at different steps: ~2e-4 relative L2 apart. Unmasked margins or padding: > 1.5e-3.
     relative_l2 = (fast_out.float() - ref_out.float()).norm() / ref_out.float().norm()
@@ -291,7 +343,8 @@ def test_chunked_processing_of_long_inputs_changes_nothing(sparsity_type, monkey
     input_ids, attention_mask = padded_batch([600, 450])
     results = []
     for token_chunk in (100_000, 64):  # one chunk; then groups of 4 blocks and chunks of 64 tokens
-        monkeypatch.setattr(modeling, "TOKEN_CHUNK", token_chunk)
+        for module in (attention, modeling):  # each imported the constant
+            monkeypatch.setattr(module, "TOKEN_CHUNK", token_chunk)
         out = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out.pow(2).mean().backward()
         results.append((out.detach(), model.encoder.layers[0].fc1.weight.grad.clone()))

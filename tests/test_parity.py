@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import PARITY, REPO
 from lsg_bart import REMOTE_CODE_FILES
+from lsg_bart.lsg_kernels import KERNELS, kernel_problem
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
@@ -30,13 +31,19 @@ def test_every_shared_case_is_covered():
         assert config["model_type"] == "bart" and config["base_model_prefix"] == "lsg"
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+# "auto" with each attention implementation, then every kernel forced (those this machine cannot run are refused).
+KERNEL_SETTINGS = [("auto", "sdpa"), ("auto", "eager")] + [(kernel, "sdpa") for kernel in KERNELS]
+
+
+@pytest.mark.parametrize("kernel, attn_implementation", KERNEL_SETTINGS, ids=lambda value: value)
 @pytest.mark.parametrize("case", CASES)
-def test_legacy_checkpoint_matches_original(case, attn_implementation, tmp_path):
+def test_legacy_checkpoint_matches_original(case, kernel, attn_implementation, tmp_path):
     folder = upgrade_folder(case, tmp_path)
     model, info = AutoModelForSeq2SeqLM.from_pretrained(
-        folder, trust_remote_code=True, output_loading_info=True, attn_implementation=attn_implementation
+        folder, trust_remote_code=True, output_loading_info=True, attn_implementation=attn_implementation,
+        lsg_kernel=kernel,
     )
+    assert model.config.lsg_kernel == kernel
     assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert type(model).__name__ == "LSGBartForConditionalGeneration"
     assert not type(model).__module__.startswith("lsg_bart"), "must run the code copied into the folder"
@@ -45,6 +52,11 @@ def test_legacy_checkpoint_matches_original(case, attn_implementation, tmp_path)
     expected = load_file(folder / "expected.safetensors")
     mask_before = inputs["attention_mask"].clone()
     with torch.no_grad():
+        problem = kernel_problem(kernel, inputs["input_ids"].float(), 0.0) if kernel != "auto" else None
+        if problem:
+            with pytest.raises(ValueError, match=f"lsg_kernel='{kernel}' cannot run here"):
+                model.eval()(**inputs)
+            return
         outputs = model.eval()(**inputs)
 
     assert torch.equal(inputs["attention_mask"], mask_before), "the caller's attention_mask was modified"

@@ -12,7 +12,7 @@ from conftest import REPO, padded_batch, tiny_config
 from safetensors.torch import load_file
 
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
-from lsg_bart import modeling_lsg_bart as modeling
+from lsg_bart import lsg_attention, lsg_kernels
 
 PROBES = ("ONEDNN_LINEAR", "CPU_FLASH_ATTENTION", "CPU_BF16", "UNFOLD_BACKWARD")
 LENGTHS = [150, 119]  # 10 blocks of 16 with padding, and a padded row
@@ -38,7 +38,7 @@ def encoder_results(sparsity_type):
 def windows_gradient(size, step):
     """The gradient that `OverlappingWindows` passes back for windows that overlap unevenly."""
     x = torch.randn(2, 3, 17, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    windows = modeling.OverlappingWindows.apply(x, size, step)
+    windows = lsg_attention.OverlappingWindows.apply(x, size, step)
     windows.backward(torch.arange(windows.numel(), dtype=torch.float32).view_as(windows))
     return x.grad
 
@@ -48,14 +48,14 @@ import json, sys
 sys.path.insert(0, {str(REPO / "tests")!r})
 from safetensors.torch import save_file
 import test_public_ops as t
-from lsg_bart import modeling_lsg_bart as modeling
+from lsg_bart import lsg_attention, lsg_kernels
 out = sys.argv[1]
 results = {{}}
 for sparsity_type in t.SPARSITY_TYPES:
     results.update({{f"{{sparsity_type}}.{{k}}": v for k, v in t.encoder_results(sparsity_type).items()}})
 results["windows"] = t.windows_gradient(5, 2)
 save_file({{k: v.contiguous() for k, v in results.items()}}, out + "/results.safetensors")
-probes = {{name: getattr(modeling, name) not in (None, False) for name in t.PROBES}}
+probes = {{name: getattr(lsg_kernels, name) not in (None, False) for name in t.PROBES}}
 open(out + "/probes.json", "w").write(json.dumps(probes))
 """
 

@@ -32,7 +32,13 @@ from transformers import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 PARITY = REPO / "tests" / "fixtures" / "parity"
 PACKAGE = REPO / "lsg_bart"
-REMOTE_CODE_FILES = ("configuration_lsg_bart.py", "modeling_lsg_bart.py", "transformers_compat.py")
+REMOTE_CODE_FILES = (
+    "configuration_lsg_bart.py",
+    "modeling_lsg_bart.py",
+    "lsg_attention.py",
+    "lsg_kernels.py",
+    "transformers_compat.py",
+)
 LEGACY_CASES = sorted(p.name for p in PARITY.iterdir() if (p / "expected.safetensors").exists())
 TOLERANCE = 1e-4
 AUTO_CLASSES = {

@@ -1,0 +1,96 @@
+"""torch.compile (inductor) and ONNX export (torch.onnx.export with dynamo=True) of the LSG encoder: the same
+results as eager, public ops only while tracing, no graph break inside an encoder layer."""
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import PARITY, padded_batch, tiny_config
+from safetensors.torch import load_file
+
+from lsg_bart import LSGBartForConditionalGeneration, LSGBartModel
+
+
+def small_encoder():
+    torch.manual_seed(0)
+    config = tiny_config(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    return LSGBartModel(config).encoder
+
+
+def test_no_graph_break_inside_an_encoder_layer():
+    encoder = small_encoder().eval()
+    layer = encoder.layers[0]
+    hidden_states = torch.randn(2, 16 * 10 + 2, 32)
+    visible = torch.ones(2, 16 * 10 + 2, dtype=torch.bool)
+    visible[1, -20:] = False
+    for grad in (False, True):
+        torch._dynamo.reset()
+        with torch.set_grad_enabled(grad):
+            explanation = torch._dynamo.explain(layer)(hidden_states, visible)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+
+
+def test_compiled_encoder_matches_eager_in_inference_and_training():
+    encoder = small_encoder()
+    input_ids, attention_mask = padded_batch([300, 237])
+    torch._dynamo.reset()
+    compiled = torch.compile(encoder)
+    with torch.no_grad():
+        eager_out = encoder.eval()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        compiled_out = compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-5)
+
+    grads = []
+    for model in (encoder, compiled):
+        encoder.zero_grad()
+        model.train()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.pow(2).mean().backward()
+        grads.append({name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_parity_fixture_under_torch_compile(tmp_path):
+    model = LSGBartForConditionalGeneration.from_pretrained(PARITY / "norm").eval()
+    inputs = load_file(PARITY / "norm" / "inputs.safetensors")
+    expected = load_file(PARITY / "norm" / "expected.safetensors")
+    torch._dynamo.reset()
+    model.model.encoder = torch.compile(model.model.encoder)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert (outputs.encoder_last_hidden_state - expected["encoder_last_hidden_state"]).abs().max() < 1e-4
+    assert (outputs.logits - expected["logits"]).abs().max() < 1e-4
+
+
+needs_onnx = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
+    reason="ONNX export needs onnx, onnxscript and onnxruntime (the dev extra installs them)",
+)
+
+
+@needs_onnx
+def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_length(tmp_path):
+    import onnxruntime
+
+    torch.manual_seed(0)
+    config = tiny_config(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    encoder = LSGBartForConditionalGeneration(config).get_encoder().eval()
+    assert type(encoder) is type(LSGBartModel(config).encoder)  # the seq2seq model's encoder is the default one
+    bs = encoder.config.block_size
+    example = torch.randint(5, 100, (2, 12 * bs))
+    blocks = torch.export.Dim("blocks", min=3, max=encoder.config.max_position_embeddings // bs)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    path = tmp_path / "encoder.onnx"
+    torch.onnx.export(
+        encoder, (example, torch.ones_like(example)), str(path), dynamo=True,
+        input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+        dynamic_shapes=({0: batch, 1: bs * blocks}, {0: batch, 1: bs * blocks}),
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for length, pad in ((5 * bs, 0), (12 * bs, 3), (20 * bs, bs + 1)):  # other lengths, and padded rows
+        input_ids, attention_mask = padded_batch([length, length - pad] if pad else [length])
+        with torch.no_grad():
+            expected = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        (ours,) = session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        torch.testing.assert_close(torch.from_numpy(ours), expected, atol=1e-4, rtol=1e-4)
