@@ -60,7 +60,11 @@ echo "== transformers $BELOW_RANGE (below the range) is refused in one line"
 dir=$(venv_for "$BELOW_RANGE")
 folder="$OUTSIDE/legacy"
 cp -r "$REPO/tests/fixtures/parity/norm" "$folder"
-cp "$REPO"/lsg_bart/{configuration_lsg_bart,modeling_lsg_bart,lsg_attention,lsg_kernels,transformers_compat}.py "$folder"
+for name in $(python3 -c 'import ast, sys
+tree = ast.parse(open(sys.argv[1]).read())
+print(*next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "REMOTE_CODE_FILES"))' "$REPO/lsg_bart/__init__.py"); do
+    cp "$REPO/lsg_bart/$name" "$folder"
+done
 (cd "$OUTSIDE" && HF_HUB_OFFLINE=1 HF_HOME="$OUTSIDE/hf" "$dir/bin/python" - "$folder" "$BELOW_RANGE" <<'EOF'
 import sys
 

@@ -24,16 +24,19 @@ import argparse
 import datetime
 import itertools
 import json
-import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import check_original_python, read_memory_mb, reset_peak_memory, round_up  # noqa: E402
+from run_benchmark import (  # noqa: E402
+    check_original_python,
+    read_memory_mb,
+    reset_peak_memory,
+    round_up,
+    run_in_subprocess,
+)
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "generate"
 IMPLS = ("lsg", "lsg_bf16", "original", "led", "bart")
@@ -169,25 +172,6 @@ def measure(task: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Parent side
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def run_task(task: dict, python: str, timeout: float) -> dict:
-    """Run `task` in a fresh process of `python` (this script with --worker); its result or a status."""
-    with tempfile.TemporaryDirectory(prefix="lsg-generate-bench-") as tmp:
-        task_path, result_path = Path(tmp) / "task.json", Path(tmp) / "result.json"
-        task_path.write_text(json.dumps({**task, "result_path": str(result_path)}))
-        threads = str(task["threads"])
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        command = [python, str(Path(__file__).resolve()), "--worker", str(task_path)]
-        try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"status": "timeout", "note": f"timed out after {timeout:.0f} s"}
-        if proc.returncode == 0 and result_path.exists():
-            return {"status": "ok", **json.loads(result_path.read_text())}
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        note = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else (lines[-1] if lines else "error")
-        return {"status": "error", "note": note[:300]}
 
 
 def plan(args) -> list[dict]:
@@ -369,7 +353,7 @@ def main(argv=None) -> int:
     rows = []
     for task in tqdm(tasks, desc="settings", unit="run"):
         python = args.original_python if task["impl"] == "original" else sys.executable
-        rows.append({**task, **run_task(task, python, args.timeout)})
+        rows.append({**task, **run_in_subprocess(task, args.timeout, python, script=__file__)})
     results = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), command="python " + " ".join(sys.argv),
         machine={"cpu": cpu_name(), "python": platform.python_version()}, threads=args.threads, original=original,

@@ -374,14 +374,15 @@ def worker_main(task_path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_in_subprocess(task: dict, timeout: float, python: str = sys.executable) -> dict:
-    """Run `task` with `--worker` in a fresh process of `python`; returns its result or a status with a note."""
+def run_in_subprocess(task: dict, timeout: float, python: str = sys.executable, script: str = __file__) -> dict:
+    """Run `task` with `script --worker` (this script by default) in a fresh process of `python`; returns its
+    result or a status with a note."""
     with tempfile.TemporaryDirectory(prefix="lsg-bench-") as tmp:
         task_path, result_path = Path(tmp) / "task.json", Path(tmp) / "result.json"
         task_path.write_text(json.dumps({**task, "result_path": str(result_path)}))
         threads = str(task["threads"])
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        command = [python, str(Path(__file__).resolve()), "--worker", str(task_path)]
+        command = [python, str(Path(script).resolve()), "--worker", str(task_path)]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:

@@ -6,6 +6,7 @@ The version matrix (`.ci/version_matrix.sh`) runs this folder alone under every 
 The main suite runs it too. Self-contained on purpose: no conftest of its own.
 """
 
+import ast
 import json
 import os
 import shutil
@@ -32,12 +33,11 @@ from transformers import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 PARITY = REPO / "tests" / "fixtures" / "parity"
 PACKAGE = REPO / "lsg_bart"
-REMOTE_CODE_FILES = (
-    "configuration_lsg_bart.py",
-    "modeling_lsg_bart.py",
-    "lsg_attention.py",
-    "lsg_kernels.py",
-    "transformers_compat.py",
+# `lsg_bart.REMOTE_CODE_FILES`, read from the source: the package must not be imported here.
+REMOTE_CODE_FILES = next(
+    ast.literal_eval(node.value)
+    for node in ast.parse((PACKAGE / "__init__.py").read_text()).body
+    if isinstance(node, ast.Assign) and node.targets[0].id == "REMOTE_CODE_FILES"
 )
 LEGACY_CASES = sorted(p.name for p in PARITY.iterdir() if (p / "expected.safetensors").exists())
 TOLERANCE = 1e-4
