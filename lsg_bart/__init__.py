@@ -1,4 +1,4 @@
-"""LSG-BART: BART with Local + Sparse + Global attention for long inputs, on transformers 5.
+"""LSG-BART: BART with Local + Sparse + Global attention for long inputs, on transformers 4.46 to 5.x.
 
 The classes are imported on first use (PEP 562), so that `lsg-bart-convert --help` and its argument errors answer
 before torch and transformers load.
