@@ -62,7 +62,8 @@ class Impl:
 
     key: the name used by `--impls`; impl and setting: the table columns; family: which encoder is built;
     options: config overrides; train: part of the default training grid; bf16: run in bfloat16 and compare
-    with float32; mem: estimated extra MB at bart-base size as (MB per token, MB per token^2) per mode.
+    with float32; compiled: run under `torch.compile` (inductor; the warm-up compiles); mem: estimated extra MB
+    at bart-base size as (MB per token, MB per token^2) per mode.
     """
 
     key: str
@@ -73,9 +74,11 @@ class Impl:
     train: bool = False
     bf16: bool = False
     mem: dict = field(default_factory=dict)
+    compiled: bool = False
 
 
-def lsg(key, sparsity="norm", block=128, sparse=128, factor=2, impl="lsg", train=False, bf16=False, **extra):
+def lsg(key, sparsity="norm", block=128, sparse=128, factor=2, impl="lsg", train=False, bf16=False, compiled=False,
+        **extra):
     """An LSG setting of this project; `extra` goes to the config (e.g. attn_implementation)."""
     options = {
         "sparsity_type": sparsity,
@@ -87,7 +90,7 @@ def lsg(key, sparsity="norm", block=128, sparse=128, factor=2, impl="lsg", train
     }
     scale = 0.6 if bf16 else (1.5 if extra.get("attn_implementation") == "eager" else 1.0)
     mem = {"infer": (0.25 * scale, 0.0), "train": (0.8 * scale, 0.0)}
-    return Impl(key, impl, f"{sparsity} b{block} s{sparse} f{factor}", "lsg", options, train, bf16, mem)
+    return Impl(key, impl, f"{sparsity} b{block} s{sparse} f{factor}", "lsg", options, train, bf16, mem, compiled)
 
 
 IMPLS = [
@@ -101,6 +104,7 @@ IMPLS = [
     lsg("lsg_norm_b64", "norm", block=64, sparse=64, factor=4),
     lsg("lsg_eager", "norm", impl="lsg_eager", attn_implementation="eager"),
     lsg("lsg_bf16", "norm", impl="lsg_bf16", bf16=True),
+    lsg("lsg_compiled", "norm", impl="lsg_compiled", compiled=True),
     Impl("bart_sdpa", "bart_sdpa", "", "bart", {"attn_implementation": "sdpa"}, True,
          mem={"infer": (0.04, 0.0), "train": (0.45, 0.0)}),
     Impl("bart_eager", "bart_eager", "", "bart", {"attn_implementation": "eager"}, True,
@@ -306,6 +310,8 @@ def measure_setting(task: dict) -> dict:
         fp32_state = {name: tensor.detach().clone() for name, tensor in encoder.state_dict().items()}
         encoder.to(torch.bfloat16)
     encoder.train(mode == "train")
+    if impl.compiled:
+        encoder = torch.compile(encoder)
     gc.collect()
     peak_reset = reset_peak_memory()
     before = read_memory_mb()
