@@ -300,7 +300,7 @@ def lsg_attention(query, key, value, visible, margin, config, scale, dropout, ke
     every local window is a view; visible (n, 1, T, 1). Returns (n, T, h, d).
     """
     n, h, T, d = query.shape
-    G, bs, sbs = config.num_global_tokens, config.block_size, config.sparse_block_size
+    G, sbs = config.num_global_tokens, config.sparse_block_size
     start = margin + G  # where the non-global tokens begin in `key` and `value`
     rest = (key[:, :, start : margin + T], value[:, :, start : margin + T], visible[:, :, G:])  # (n, h|1, t, d|1)
     sparse = None

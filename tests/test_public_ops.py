@@ -12,7 +12,7 @@ from conftest import REPO, padded_batch, tiny_config
 from safetensors.torch import load_file
 
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
-from lsg_bart import lsg_attention, lsg_kernels
+from lsg_bart import lsg_attention
 
 PROBES = ("ONEDNN_LINEAR", "CPU_FLASH_ATTENTION", "CPU_BF16", "UNFOLD_BACKWARD")
 LENGTHS = [150, 119]  # 10 blocks of 16 with padding, and a padded row
