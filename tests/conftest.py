@@ -1,5 +1,6 @@
 """Shared test set-up: offline Hugging Face caches and tiny LSG-BART configs."""
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -18,6 +19,15 @@ from lsg_bart.tiny import build_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name, prefix="lsg_example_"):
+    """An example script imported as a module named `prefix + name` (without running its main)."""
+    spec = importlib.util.spec_from_file_location(f"{prefix}{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides):

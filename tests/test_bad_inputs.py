@@ -8,7 +8,6 @@ argument or path, and the bad value), and that no file in that folder was writte
 """
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import datasets
 import pytest
 import torch
 import transformers
+from conftest import load_example
 from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
 from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
@@ -26,21 +26,12 @@ from lsg_bart.convert import convert_checkpoint
 from lsg_bart.convert import main as convert_main
 from lsg_bart.tiny import build_tiny_bart, build_tokenizer, sample_text
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL_LSG = '{"block_size": 16, "sparse_block_size": 16, "num_global_tokens": 2}'
 
 
-def load_example(name):
-    """An example script imported as a module (without running its main)."""
-    spec = importlib.util.spec_from_file_location(f"lsg_bad_inputs_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_summarization = load_example("run_summarization")
-run_classification = load_example("run_classification")
-summarize = load_example("summarize")
+run_summarization = load_example("run_summarization", "lsg_bad_inputs_")
+run_classification = load_example("run_classification", "lsg_bad_inputs_")
+summarize = load_example("summarize", "lsg_bad_inputs_")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Everything runs in this process on a tiny LSG checkpoint and data written by the
 loaded from folders goes to the temporary HF_HOME set in conftest.py.
 """
 
-import importlib.util
 import json
 import math
 
@@ -19,18 +18,9 @@ from transformers import pipeline as hf_pipeline
 from lsg_bart import REMOTE_CODE_FILES, LSGBartConfig
 from lsg_bart.tiny import sample_text
 
-from conftest import REPO, write_jsonl
+from conftest import load_example, write_jsonl
 
-EXAMPLES = REPO / "examples"
 CODE_FILES = REMOTE_CODE_FILES
-
-
-def load_example(name):
-    """An example script imported as a module (without running its main)."""
-    spec = importlib.util.spec_from_file_location(f"lsg_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 run_summarization = load_example("run_summarization")
