@@ -376,9 +376,9 @@ class LSGBartCrossAttention(BartAttention):
 
     `generate` keeps one encoder output per input (see `LSGBartForConditionalGeneration`), while the decoder runs
     `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
-    together to its keys and values, which are projected once per input and, in inference, remembered for as long
-    as the same encoder output comes back (every step of one `generate` call): no copy per beam, and nothing for
-    beam search to reorder. Attention weights are not returned.
+    together to its keys and values, which are projected once per input and, during `generate` (inference only),
+    remembered for as long as the same encoder output comes back: no copy per beam, and nothing for beam search to
+    reorder. Attention weights are not returned.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
@@ -390,7 +390,8 @@ class LSGBartCrossAttention(BartAttention):
             config=config,
             **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
         )
-        self.remembered = None  # (encoder output, its version, keys, values) of the last inference call
+        self.remembering = False  # set by `LSGBartModel.remember_encoder_outputs` for one `generate` call
+        self.remembered = None  # (encoder output, its version, keys, values)
 
     def forward(self, hidden_states, key_value_states=None, attention_mask=None, layer_head_mask=None, **kwargs):
         if layer_head_mask is not None:
@@ -415,9 +416,10 @@ class LSGBartCrossAttention(BartAttention):
         return attention_result(project(self.out_proj, out))
 
     def keys_and_values(self, encoder_output):
-        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d); remembered in inference."""
+        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d); remembered while
+        `remembering` (in inference)."""
         remembered = self.remembered
-        reusable = not (self.training or torch.is_grad_enabled())
+        reusable = self.remembering and not (self.training or torch.is_grad_enabled())
         # Inference tensors have no version counter; `generate` does not change its encoder output in place.
         version = None if encoder_output.is_inference() else encoder_output._version
         if reusable and remembered is not None and remembered[0] is encoder_output and remembered[1] == version:
@@ -449,9 +451,11 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
             layer.encoder_attn = LSGBartCrossAttention(config, index)
         self.post_init()
 
-    def forget_encoder_outputs(self):
-        """Drop the keys and values that the cross-attention layers remember (the end of a `generate` call)."""
+    def remember_encoder_outputs(self, remembering):
+        """Let the cross-attention layers remember the keys and values of the encoder output they see (for one
+        `generate` call), or stop and drop what they hold."""
         for layer in self.decoder.layers:
+            layer.encoder_attn.remembering = remembering
             layer.encoder_attn.remembered = None
 
     def cross_attention_mask(self, attention_mask, encoder_output):
@@ -497,10 +501,11 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
     def generate(self, *args, **kwargs):
         """[`GenerationMixin.generate`]: the encoder output is kept once per input, not once per beam or returned
         sequence, and the cross-attention keys and values made from it are computed once."""
+        self.model.remember_encoder_outputs(True)
         try:
             return super().generate(*args, **kwargs)
         finally:
-            self.model.forget_encoder_outputs()
+            self.model.remember_encoder_outputs(False)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # The decoder's inputs are repeated per beam as usual; the encoder output is not (`LSGBartCrossAttention`).

@@ -90,6 +90,13 @@ def test_keys_and_values_are_projected_once_per_input_and_call(model):
     assert all(layer.encoder_attn.remembered is None for layer in model.model.decoder.layers)
 
 
+def test_a_plain_forward_pass_keeps_nothing(model):
+    input_ids, attention_mask = padded_batch([300, 251])
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4])
+    assert all(layer.encoder_attn.remembered is None for layer in model.model.decoder.layers)
+
+
 def test_training_forward_with_labels_matches_bart_cross_attention(model):
     input_ids, attention_mask = padded_batch([300, 251])
     labels = input_ids[:, :9].contiguous()
