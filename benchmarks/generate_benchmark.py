@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_benchmark import (  # noqa: E402
     check_original_python,
+    cpu_description,
     read_memory_mb,
     reset_peak_memory,
     round_up,
@@ -278,18 +279,6 @@ def plot(results, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                features = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f in flags] or ["avx2"]
-                return f"{line.split(':', 1)[1].strip()} ({', '.join(features)})"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -356,7 +345,7 @@ def main(argv=None) -> int:
         rows.append({**task, **run_in_subprocess(task, args.timeout, python, script=__file__)})
     results = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), command="python " + " ".join(sys.argv),
-        machine={"cpu": cpu_name(), "python": platform.python_version()}, threads=args.threads, original=original,
+        machine={"cpu": cpu_description(), "python": platform.python_version()}, threads=args.threads, original=original,
         rows=rows, comparisons=comparisons(rows), agreement=agreement(rows),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1047,15 +1047,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# Environment variables that make PyTorch, oneDNN and MKL use fewer instructions than the CPU has: set together,
+# they run the benchmark as on an older CPU of the same make (e.g. AVX2 only on an AVX-512 machine).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_description() -> str:
+    """The CPU's model name, its vector and bf16 instructions, and any instruction limit set for this run."""
+    cpu = platform.processor() or platform.machine()
+    features = []
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
+        features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    except (OSError, StopIteration):
+        pass
+    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+    described = f"{cpu} ({', '.join(features)})" if features else cpu
+    return described + (f", limited by {', '.join(limits)}" if limits else "")
+
+
 def machine_meta(args) -> dict:
     """Date, CPU, versions and run parameters."""
     import importlib.metadata as metadata
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_description()
     return {
         "date": datetime.date.today().isoformat(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
