@@ -103,6 +103,7 @@ IMPLS = [
     lsg("lsg_bos_pooling", "bos_pooling"),
     lsg("lsg_norm_b64", "norm", block=64, sparse=64, factor=4),
     lsg("lsg_eager", "norm", impl="lsg_eager", attn_implementation="eager"),
+    lsg("lsg_sdpa", "norm", impl="lsg_sdpa", lsg_kernel="sdpa"),  # the public-ops kernel, against "auto"'s choice
     lsg("lsg_bf16", "norm", impl="lsg_bf16", bf16=True),
     lsg("lsg_compiled", "norm", impl="lsg_compiled", compiled=True),
     Impl("bart_sdpa", "bart_sdpa", "", "bart", {"attn_implementation": "sdpa"}, True,
