@@ -137,3 +137,13 @@ def test_original_figures_and_comparison():
     (comparison,) = bench.original_comparison(ours, original, "base")
     assert comparison["speedup"] == pytest.approx(2.0) and comparison["memory_ratio"] == pytest.approx(2.0)
     assert bench.original_comparison(ours, original, "tiny") == []
+
+
+def test_cpu_description_names_instruction_limits(monkeypatch):
+    for name in bench.ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    plain = bench.cpu_description()
+    assert "limited by" not in plain
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert bench.cpu_description() == plain + ", limited by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
