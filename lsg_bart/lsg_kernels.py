@@ -430,10 +430,14 @@ def flex_kernel(query, bank_key, bank_value, sees, scale, dropout):
 
 
 def compiled_flex_attention():
-    """`flex_attention` compiled once (its eager form writes every score out)."""
+    """`flex_attention` compiled once (its eager form writes every score out).
+
+    Shapes become dynamic at the first new length: input lengths change from batch to batch, and one static
+    compile per length would reach dynamo's recompile limit (8) and fall back to the eager form, silently.
+    """
     global COMPILED_FLEX_ATTENTION
     if COMPILED_FLEX_ATTENTION is None:
-        COMPILED_FLEX_ATTENTION = torch.compile(flex_attention, dynamic=False)
+        COMPILED_FLEX_ATTENTION = torch.compile(flex_attention)
     return COMPILED_FLEX_ATTENTION
 
 

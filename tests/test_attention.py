@@ -365,3 +365,25 @@ def test_lsh_seed_makes_outputs_reproducible():
         )
     assert torch.equal(first, second)
     assert not torch.allclose(first, third)
+
+
+@pytest.mark.skipif(kernels.flex_attention is None, reason="FlexAttention needs PyTorch 2.5 or newer")
+def test_compiled_flex_attention_compiles_once_for_many_lengths():
+    # Input lengths change from batch to batch. One static compile per length would reach dynamo's recompile
+    # limit and fall back to eager FlexAttention, which writes every score out (the CUDA path compiles it).
+    from torch._dynamo.utils import counters
+
+    compiled = kernels.compiled_flex_attention()
+    generator = torch.Generator().manual_seed(0)
+
+    def sees(b, h, q, k):
+        return (q // 16 - k // 16).abs() <= 1  # a band of neighbouring blocks
+
+    compiles = []
+    for length in (128, 192, 256):
+        query, key, value = (torch.randn(1, 2, length, 16, generator=generator) for _ in range(3))
+        block_mask = kernels.create_block_mask(sees, 1, 2, length, length, device="cpu")
+        expected = kernels.flex_attention(query, key, value, block_mask=block_mask)
+        torch.testing.assert_close(compiled(query, key, value, block_mask=block_mask), expected, atol=1e-5, rtol=1e-5)
+        compiles.append(counters["stats"]["unique_graphs"])
+    assert compiles[1] == compiles[-1]  # after the second length, no new compile
