@@ -257,7 +257,7 @@ def sparse_after_shift(tokens_per_block):
     return 2 if tokens_per_block % 2 == 1 else 0
 
 
-def lsg_mask(config, T, visible, sparse_visible):
+def lsg_mask(config, visible, sparse_visible):
     """`sees(b, h, q, k)`: whether query row q of batch b, head h sees entry k of the key bank.
 
     The key bank is the T tokens (global ones first) followed by the S sparse tokens. visible (n, T) and
@@ -269,20 +269,23 @@ def lsg_mask(config, T, visible, sparse_visible):
     G, bs = config.num_global_tokens, config.block_size
     tpb, sbs = bs // config.sparsity_factor, config.sparse_block_size
     shift = sparse_after_shift(tpb)
-    S = 0 if sparse_visible is None else sparse_visible.shape[-1]
 
     def sees(b, h, q, k):
+        # T and S are read from the tensors here, not captured as numbers: a compiled block mask (the CUDA path)
+        # then stays one graph for every length.
+        T = visible.shape[-1]
         token = k < T
         token_visible = visible[b, k.clamp(max=T - 1)]
         block = (q - G) // bs  # meaningless for global rows, which the `where` below ignores
         position = k - G  # among the non-global tokens
         local = (k >= G) & (position >= (block - 1) * bs) & (position < (block + 2) * bs)
         block_row = (k < G) | (token & local & token_visible)
-        if S:
+        if sparse_visible is not None and sparse_visible.shape[-1] > 0:
             s = k - T  # among the sparse tokens
             before = (s >= (block - 1) * tpb - sbs) & (s < (block - 1) * tpb)
             after = (s >= (block + 2) * tpb - shift) & (s < (block + 2) * tpb - shift + sbs)
-            block_row = block_row | (~token & (before | after) & sparse_visible[b, h, s.clamp(0, S - 1)])
+            seen = sparse_visible[b, h, s.clamp(0, sparse_visible.shape[-1] - 1)]
+            block_row = block_row | (~token & (before | after) & seen)
         return torch.where(q < G, token & token_visible, block_row)
 
     return sees
@@ -315,7 +318,7 @@ def lsg_attention(query, key, value, visible, margin, config, scale, dropout, ke
             bank_key = torch.cat([bank_key, sparse[0].expand(n, h, -1, d)], dim=2)  # (n, h, T + S, d)
             bank_value = torch.cat([bank_value, sparse[1].expand(n, h, -1, d)], dim=2)
             sparse_visible = sparse[2].expand(n, h, -1, 1)[..., 0]  # (n, h, S)
-        sees = lsg_mask(config, T, visible[:, 0, :, 0], sparse_visible)
+        sees = lsg_mask(config, visible[:, 0, :, 0], sparse_visible)
         out = SEQUENCE_KERNELS[kernel](query, bank_key, bank_value, sees, scale, dropout)  # (n, h, T, d)
         return out.transpose(1, 2)
 

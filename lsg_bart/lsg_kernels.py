@@ -422,26 +422,31 @@ def reference_kernel(query, bank_key, bank_value, sees, scale, dropout):
 
 def flex_kernel(query, bank_key, bank_value, sees, scale, dropout):
     """FlexAttention over the key bank with a block mask built from `sees`: only the (query block, key block)
-    tiles that LSG makes visible are computed, and no key set is copied. Compiled on CUDA."""
+    tiles that LSG makes visible are computed, and no key set is copied.
+
+    On CUDA both steps are compiled: eager `create_block_mask` writes the mask out for every (batch, head, query,
+    key), gigabytes at 8,192 tokens, and eager `flex_attention` writes every score out.
+    """
     n, h, T, _ = query.shape
-    block_mask = create_block_mask(sees, n, h, T, bank_key.shape[2], device=query.device)
-    attention = compiled_flex_attention() if query.is_cuda and not tracing() else flex_attention
+    on_cuda = query.is_cuda and not tracing()
+    make_block_mask = compiled(create_block_mask) if on_cuda else create_block_mask
+    block_mask = make_block_mask(sees, n, h, T, bank_key.shape[2], device=query.device)
+    attention = compiled(flex_attention) if on_cuda else flex_attention
     return attention(query, bank_key, bank_value, block_mask=block_mask, scale=scale)
 
 
-def compiled_flex_attention():
-    """`flex_attention` compiled once (its eager form writes every score out).
+def compiled(function):
+    """`torch.compile(function)`, made once per function.
 
     Shapes become dynamic at the first new length: input lengths change from batch to batch, and one static
     compile per length would reach dynamo's recompile limit (8) and fall back to the eager form, silently.
     """
-    global COMPILED_FLEX_ATTENTION
-    if COMPILED_FLEX_ATTENTION is None:
-        COMPILED_FLEX_ATTENTION = torch.compile(flex_attention)
-    return COMPILED_FLEX_ATTENTION
+    if function not in COMPILED:
+        COMPILED[function] = torch.compile(function)
+    return COMPILED[function]
 
 
-COMPILED_FLEX_ATTENTION = None
+COMPILED = {}
 
 
 def eager_kernel(query, local, context, scale, dropout):

@@ -367,13 +367,37 @@ def test_lsh_seed_makes_outputs_reproducible():
     assert not torch.allclose(first, third)
 
 
-@pytest.mark.skipif(kernels.flex_attention is None, reason="FlexAttention needs PyTorch 2.5 or newer")
-def test_compiled_flex_attention_compiles_once_for_many_lengths():
-    # Input lengths change from batch to batch. One static compile per length would reach dynamo's recompile
-    # limit and fall back to eager FlexAttention, which writes every score out (the CUDA path compiles it).
+# The CUDA path compiles its block mask and its attention (`kernels.compiled`). Input lengths change from batch to
+# batch: one static compile per length would reach dynamo's recompile limit and fall back to the eager forms,
+# which write the whole mask and every score out.
+needs_flex = pytest.mark.skipif(kernels.flex_attention is None, reason="FlexAttention needs PyTorch 2.5 or newer")
+
+
+@needs_flex
+def test_compiled_block_mask_matches_eager_and_compiles_once_for_many_lengths():
     from torch._dynamo.utils import counters
 
-    compiled = kernels.compiled_flex_attention()
+    config = tiny_config()
+    generator = torch.Generator().manual_seed(0)
+    n, h = 2, 2
+    compiles = []
+    for blocks in (10, 14, 18, 22):  # above FlexAttention's block of 128 tokens, as long inputs are
+        T, S = config.num_global_tokens + blocks * config.block_size, blocks * config.block_size // 2
+        visible = torch.ones(n, T, dtype=torch.bool)
+        visible[1, -5:] = False  # row 1 is padded
+        sees = attention.lsg_mask(config, visible, torch.rand(n, h, S, generator=generator) > 0.2)
+        block_mask = kernels.compiled(kernels.create_block_mask)(sees, n, h, T, T + S, device="cpu")
+        expected = kernels.create_block_mask(sees, n, h, T, T + S, device="cpu")
+        assert torch.equal(block_mask.to_dense(), expected.to_dense())
+        assert torch.equal(block_mask.mask_mod(*(torch.tensor(i) for i in (1, 1, T - 1, T - 1))), torch.tensor(False))
+        compiles.append(counters["stats"]["unique_graphs"])
+    assert compiles[1] == compiles[-1]  # after the second length, no new compile
+
+
+@needs_flex
+def test_compiled_flex_attention_compiles_once_for_many_lengths():
+    from torch._dynamo.utils import counters
+
     generator = torch.Generator().manual_seed(0)
 
     def sees(b, h, q, k):
@@ -384,6 +408,7 @@ def test_compiled_flex_attention_compiles_once_for_many_lengths():
         query, key, value = (torch.randn(1, 2, length, 16, generator=generator) for _ in range(3))
         block_mask = kernels.create_block_mask(sees, 1, 2, length, length, device="cpu")
         expected = kernels.flex_attention(query, key, value, block_mask=block_mask)
-        torch.testing.assert_close(compiled(query, key, value, block_mask=block_mask), expected, atol=1e-5, rtol=1e-5)
+        out = kernels.compiled(kernels.flex_attention)(query, key, value, block_mask=block_mask)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         compiles.append(counters["stats"]["unique_graphs"])
     assert compiles[1] == compiles[-1]  # after the second length, no new compile
