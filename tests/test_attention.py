@@ -389,7 +389,6 @@ def test_compiled_block_mask_matches_eager_and_compiles_once_for_many_lengths():
         block_mask = kernels.compiled(kernels.create_block_mask)(sees, n, h, T, T + S, device="cpu")
         expected = kernels.create_block_mask(sees, n, h, T, T + S, device="cpu")
         assert torch.equal(block_mask.to_dense(), expected.to_dense())
-        assert torch.equal(block_mask.mask_mod(*(torch.tensor(i) for i in (1, 1, T - 1, T - 1))), torch.tensor(False))
         compiles.append(counters["stats"]["unique_graphs"])
     assert compiles[1] == compiles[-1]  # after the second length, no new compile
 
