@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .lsg_kernels import BLOCK_KERNELS, SEQUENCE_KERNELS, TOKEN_CHUNK, UNFOLD_BACKWARD, attend, cpu_tuning, tracing
+from .lsg_kernels import (
+    BLOCK_KERNELS,
+    SEQUENCE_KERNELS,
+    TOKEN_CHUNK,
+    UNFOLD_BACKWARD,
+    attend,
+    chunk_starts,
+    cpu_tuning,
+    tracing,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Blocks and windows
@@ -85,7 +94,7 @@ def project_into_heads(project, x, heads, before, after):
         buffer[:, :, :before] = 0
         buffer[:, :, before + T :] = 0
     chunk = TOKEN_CHUNK if cpu_tuning(x) else T
-    for start in range(0, T, chunk):
+    for start in chunk_starts(T, chunk):
         parts = project(x[:, start : start + chunk])  # 3 x (n, c, h*d)
         c = parts[0].shape[1]
         for buffer, offset, part in zip((query, key, value), (start, before + start, before + start), parts):
@@ -353,7 +362,7 @@ def block_attention(query, key, value, visible, margin, sparse, config, scale, d
     # that stretch, not zero-filled gradients the size of every window.
     group_size = max(1, TOKEN_CHUNK // bs) if cpu_tuning(query) else nb
     outputs = []
-    for first in range(0, nb, group_size):
+    for first in chunk_starts(nb, group_size):
         blocks = min(group_size, nb - first)
         # Key sets as (key, value, visible) triples of shape (n, h|1, blocks, k, d|1), in the spec's order:
         # global tokens, the sparse window before and after the block, then the local window.

@@ -111,6 +111,12 @@ def tracing():
     return torch.compiler.is_compiling()
 
 
+def chunk_starts(total, size):
+    """The first index of each `size`-long chunk of `total`. One chunk is `(0,)`, not a `range`: a `range` over a
+    length that torch.export keeps symbolic would fix the exported graph to the example input's length."""
+    return (0,) if size >= total else range(0, total, size)
+
+
 def cpu_tuning(x):
     """Whether the CPU-specific paths apply to tensor `x`: on CPU, and not while tracing."""
     return x.device.type == "cpu" and not tracing()

@@ -1,5 +1,5 @@
-"""torch.compile (inductor) and ONNX export (torch.onnx.export with dynamo=True) of the LSG encoder: the same
-results as eager, public ops only while tracing, no graph break inside an encoder layer."""
+"""torch.compile (inductor), torch.export and ONNX export (torch.onnx.export with dynamo=True) of the LSG encoder:
+the same results as eager, public ops only while tracing, no graph break inside an encoder layer."""
 
 import importlib.util
 
@@ -70,7 +70,9 @@ needs_onnx = pytest.mark.skipif(
 
 
 @needs_onnx
-def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_length(tmp_path):
+def test_torch_export_and_onnx_run_with_a_dynamic_length(tmp_path):
+    """torch.export keeps the length symbolic (no `range` over it fixes it to the example's), and the exported
+    program converts to ONNX, as `torch.onnx.export(encoder, ..., dynamo=True)` converts the program it exports."""
     import onnxruntime
 
     torch.manual_seed(0)
@@ -82,16 +84,17 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_length(tmp_path):
     example = torch.randint(5, 100, (2, 12 * bs))
     blocks = torch.export.Dim("blocks", min=3, max=encoder.config.max_position_embeddings // bs)
     batch = torch.export.Dim("batch", min=1, max=64)
+    dynamic_shapes = ({0: batch, 1: bs * blocks}, {0: batch, 1: bs * blocks})
+    program = torch.export.export(encoder, (example, torch.ones_like(example)), dynamic_shapes=dynamic_shapes)
     path = tmp_path / "encoder.onnx"
-    torch.onnx.export(
-        encoder, (example, torch.ones_like(example)), str(path), dynamo=True,
-        input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-        dynamic_shapes=({0: batch, 1: bs * blocks}, {0: batch, 1: bs * blocks}),
-    )
+    torch.onnx.export(program, f=str(path), dynamo=True, input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state"])
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for length, pad in ((5 * bs, 0), (12 * bs, 3), (20 * bs, bs + 1)):  # other lengths, and padded rows
         input_ids, attention_mask = padded_batch([length, length - pad] if pad else [length])
         with torch.no_grad():
             expected = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            exported = program.module()(input_ids, attention_mask).last_hidden_state
+        torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
         (ours,) = session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
         torch.testing.assert_close(torch.from_numpy(ours), expected, atol=1e-4, rtol=1e-4)
