@@ -14,6 +14,14 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The README's command runs the tests in pytest-xdist workers that share the cores: each worker, and each process
+# a test starts, gets its share of the threads instead of all of them (which would make them take turns).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
+
 from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration  # noqa: E402
 from lsg_bart.tiny import build_tokenizer  # noqa: E402
 
