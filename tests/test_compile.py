@@ -64,14 +64,10 @@ needs_onnx = pytest.mark.skipif(
 )
 
 
-@needs_onnx
-def test_torch_export_and_onnx_run_with_a_dynamic_length(tmp_path):
-    """torch.export keeps the length symbolic (no `range` over it fixes it to the example's), and the exported
-    program converts to ONNX, as `torch.onnx.export(encoder, ..., dynamo=True)` converts the program it exports."""
-    import onnxruntime
-
+def one_layer_encoder_with_dynamic_shapes():
+    """A seq2seq model's encoder with one layer (every layer is traced the same way, and an export's time grows with
+    the layers), an example input, and `dynamic_shapes` for a dynamic batch and length (a multiple of the block)."""
     torch.manual_seed(0)
-    # One layer: every layer is traced the same way, and the export's time grows with the layers.
     config = tiny_config(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layers=1)
     encoder = LSGBartForConditionalGeneration(config).get_encoder().eval()
     assert type(encoder) is type(LSGBartModel(config).encoder)  # the seq2seq model's encoder is the default one
@@ -79,17 +75,38 @@ def test_torch_export_and_onnx_run_with_a_dynamic_length(tmp_path):
     example = torch.randint(5, 100, (2, 12 * bs))
     blocks = torch.export.Dim("blocks", min=3, max=encoder.config.max_position_embeddings // bs)
     batch = torch.export.Dim("batch", min=1, max=64)
-    dynamic_shapes = ({0: batch, 1: bs * blocks}, {0: batch, 1: bs * blocks})
-    program = torch.export.export(encoder, (example, torch.ones_like(example)), dynamic_shapes=dynamic_shapes)
-    path = tmp_path / "encoder.onnx"
-    torch.onnx.export(program, f=str(path), dynamo=True, input_names=["input_ids", "attention_mask"],
-                      output_names=["last_hidden_state"])
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for length, pad in ((5 * bs, 0), (12 * bs, 3), (20 * bs, bs + 1)):  # other lengths, and padded rows
+    return encoder, (example, torch.ones_like(example)), ({0: batch, 1: bs * blocks}, {0: batch, 1: bs * blocks})
+
+
+def other_lengths(encoder):
+    """Inputs of other lengths than the example's, with padded rows, and the eager encoder's output on each."""
+    bs = encoder.config.block_size
+    for length, pad in ((5 * bs, 0), (12 * bs, 3), (20 * bs, bs + 1)):
         input_ids, attention_mask = padded_batch([length, length - pad] if pad else [length])
         with torch.no_grad():
             expected = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        yield input_ids, attention_mask, expected
+
+
+def test_torch_export_keeps_the_length_dynamic():
+    """No Python `range` over the length while tracing: it would fix the program to the example's length."""
+    encoder, example, dynamic_shapes = one_layer_encoder_with_dynamic_shapes()
+    program = torch.export.export(encoder, example, dynamic_shapes=dynamic_shapes)
+    for input_ids, attention_mask, expected in other_lengths(encoder):
+        with torch.no_grad():
             exported = program.module()(input_ids, attention_mask).last_hidden_state
         torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_onnx
+def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_length(tmp_path):
+    import onnxruntime
+
+    encoder, example, dynamic_shapes = one_layer_encoder_with_dynamic_shapes()
+    path = tmp_path / "encoder.onnx"
+    torch.onnx.export(encoder, example, str(path), dynamo=True, input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state"], dynamic_shapes=dynamic_shapes)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for input_ids, attention_mask, expected in other_lengths(encoder):
         (ours,) = session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
         torch.testing.assert_close(torch.from_numpy(ours), expected, atol=1e-4, rtol=1e-4)
