@@ -14,7 +14,7 @@ REMOTE_CODE_FILES = (
     "modeling_lsg_bart.py",
     "lsg_attention.py",
     "lsg_kernels.py",
-    "transformers_compat.py",
+    "compat.py",
 )
 
 __all__ = [

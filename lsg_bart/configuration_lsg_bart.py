@@ -1,8 +1,9 @@
 """Configuration of LSG-BART: BART with Local + Sparse + Global attention in the encoder."""
 
 import typing
+from typing import Optional
 
-from .transformers_compat import ConfigBase, config_class
+from .compat import ConfigBase, config_class
 
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
 # The attention kernels (lsg_kernels.KERNELS), or "auto" to let the model choose per call.
@@ -90,7 +91,7 @@ class LSGBartConfig(ConfigBase):
     pass_global_tokens_to_decoder: bool = True
     pool_with_global: bool = True
     lsh_num_pre_rounds: int = 1
-    lsh_seed: int | None = None
+    lsh_seed: Optional[int] = None
     lsg_kernel: str = "auto"
 
     def __post_init__(self, **kwargs):

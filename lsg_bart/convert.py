@@ -430,10 +430,11 @@ def lsg_class(architecture):
 def _load_source_model(initial_model, config_dict, architecture, lsg_source, token):
     import transformers
 
+    from .compat import DTYPE_ARGUMENT
     from .configuration_lsg_bart import LSGBartConfig
 
     cls = lsg_class(architecture) if lsg_source else getattr(transformers, architecture)
-    kwargs = {"token": token, "dtype": "auto", "output_loading_info": True}
+    kwargs = {"token": token, DTYPE_ARGUMENT: "auto", "output_loading_info": True}
     if lsg_source:
         # A legacy config (model_type "bart") is read by this project's config class, whatever its auto_map says.
         kwargs["config"] = LSGBartConfig.from_dict(config_dict)

@@ -1,7 +1,7 @@
 """PyTorch LSG-BART: BART whose encoder self-attention is Local + Sparse + Global (LSG) attention.
 
 The attention itself is in `lsg_attention.py` (build blocks, pick sparse tokens, attend) and its kernels and the
-CPU tuning in `lsg_kernels.py`; what differs between transformers versions is in `transformers_compat.py`. This
+CPU tuning in `lsg_kernels.py`; what differs between Python, torch and transformers versions is in `compat.py`. This
 file holds the BART-shaped layers, the encoder, the models with their heads, the summarisation pipeline and the
 Auto-class registration.
 
@@ -9,6 +9,7 @@ Shapes: n batch, h heads, T tokens with the global ones, t tokens without them, 
 """
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +49,10 @@ from .lsg_kernels import (
     project,
     tracing,
 )
-from .transformers_compat import (
+from .compat import (
     accepted_kwargs,
     attention_result,
+    autocast_enabled,
     call_layer,
     can_return_tuple,
     output_requested,
@@ -73,7 +75,7 @@ class LSGSelfAttention(BartAttention):
     dtype, autograd and dropout; `attn_implementation="eager"` makes "auto" pick the written-out `eager` kernel.
     """
 
-    def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
+    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
         super().__init__(
             embed_dim=config.d_model,
             num_heads=config.encoder_attention_heads,
@@ -138,7 +140,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
     memory does not grow with the input length.
     """
 
-    def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
+    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
         super().__init__(config, **accepted_kwargs(BartEncoderLayer.__init__, layer_idx=layer_idx))
         self.self_attn = LSGSelfAttention(config, layer_idx)
         self.exact_gelu = config.activation_function == "gelu"
@@ -174,7 +176,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
     def feed_forward_for_training(self, hidden_states):
         """The feed-forward block with autograd on CPU, keeping less than fc1's 4x-wide output for the backward
         pass (elsewhere recomputation is left to activation checkpointing, when it is asked for)."""
-        autocast = torch.is_autocast_enabled(hidden_states.device.type)  # its backward would get mixed dtypes
+        autocast = autocast_enabled(hidden_states.device.type)  # its backward would get mixed dtypes
         if self.plain_gelu_block() and (self.activation_dropout == 0 or not self.training) and not autocast:
             fc1, fc2 = self.fc1, self.fc2
             return RecomputedFeedForward.apply(hidden_states, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
@@ -381,7 +383,7 @@ class LSGBartCrossAttention(BartAttention):
     reorder. Attention weights are not returned.
     """
 
-    def __init__(self, config: LSGBartConfig, layer_idx: int | None = None):
+    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
         super().__init__(
             embed_dim=config.d_model,
             num_heads=config.decoder_attention_heads,
@@ -494,7 +496,7 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
     def __init__(self, config: LSGBartConfig):
         PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
         self.model = LSGBartModel(config)
-        self.final_logits_bias = nn.Buffer(torch.zeros((1, self.model.shared.num_embeddings)))
+        self.register_buffer("final_logits_bias", torch.zeros((1, self.model.shared.num_embeddings)))
         self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
         self.post_init()
 

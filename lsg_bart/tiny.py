@@ -48,6 +48,8 @@ def build_tokenizer(vocab_size=400, model_max_length=1024):
         cls_token="<s>",
         sep_token="</s>",
         model_max_length=model_max_length,
+        # What BART's tokenizer returns (transformers 4.x would add token_type_ids, which BART does not take).
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 

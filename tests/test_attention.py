@@ -1,5 +1,7 @@
 """LSG attention against literal, loop-by-loop readings of LSG-SPEC sections 4 and 5."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -267,6 +269,27 @@ def test_auto_choice_follows_device_dtype_training_and_dropout():
         kernels.choose_kernel("cpu_bf16_scores", cpu32, 0.0)
     with pytest.raises(ValueError, match="lsg_kernel='flex' cannot run here: FlexAttention has no attention dropout"):
         kernels.choose_kernel("flex", cpu32, 0.1)
+
+
+def test_auto_is_the_public_sdpa_kernel_on_cuda(monkeypatch):
+    """FlexAttention has not been measured on a GPU: on CUDA "auto" stays on public ops, for every dtype and mode,
+    and `flex` asked for by name needs Triton (torch.compile's GPU backend)."""
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    cuda = {dtype: SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=dtype) for dtype in dtypes}
+    for query in cuda.values():
+        for dropout in (0.0, 0.1):
+            assert kernels.choose_kernel("auto", query, dropout) == "sdpa"
+            with torch.no_grad():
+                assert kernels.choose_kernel("auto", query, dropout) == "sdpa"
+    assert kernels.choose_kernel("auto", cuda[torch.float32], 0.0, eager_attention=True) == "eager"
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    with pytest.raises(ValueError) as refused:
+        kernels.choose_kernel("flex", cuda[torch.float32], 0.0)
+    message = str(refused.value)
+    assert "\n" not in message and "lsg_kernel='flex' cannot run here" in message and "Triton" in message
+    if kernels.flex_attention is not None:
+        monkeypatch.setattr(kernels, "triton_available", lambda: True)
+        assert kernels.choose_kernel("flex", cuda[torch.float32], 0.0) == "flex"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

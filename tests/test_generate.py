@@ -11,7 +11,7 @@ from transformers import GenerationMixin
 from transformers.models.bart.modeling_bart import BartAttention
 
 from lsg_bart import LSGBartForConditionalGeneration
-from lsg_bart.transformers_compat import accepted_kwargs
+from lsg_bart.compat import accepted_kwargs
 
 
 def with_bart_cross_attention(model):

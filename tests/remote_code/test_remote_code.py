@@ -9,7 +9,9 @@ The main suite runs it too. Self-contained on purpose: no conftest of its own.
 import ast
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -198,10 +200,12 @@ def test_summarization_pipeline(saved_folder):
 
 def test_checkpoints_saved_under_other_versions_load(saved_folder, tmp_path):
     """Each run leaves its checkpoint and logits in the exchange folder (`LSG_VERSION_EXCHANGE`, set by the version
-    matrix) and loads every checkpoint there, its own included, so that each version reads the others' output."""
+    matrix) and loads every checkpoint there, its own included, so that each environment (Python, torch,
+    transformers) reads the others' output."""
     exchange = os.environ.get("LSG_VERSION_EXCHANGE", str(tmp_path / "exchange"))
     # Folder names become module names of the copied code: no dots.
-    own = os.path.join(exchange, "transformers-" + transformers.__version__.replace(".", "_"))
+    environment = f"py{sys.version_info[0]}_{sys.version_info[1]}-torch{torch.__version__}-transformers{transformers.__version__}"
+    own = os.path.join(exchange, re.sub(r"[^A-Za-z0-9_-]", "_", environment))
     inputs = parity_inputs()
     if not os.path.isdir(own):
         model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()

@@ -1,26 +1,47 @@
-"""What differs between the transformers versions LSG-BART runs on (4.46 to 5.x), in one place.
+"""What differs between the Python, torch and transformers versions LSG-BART runs on, in one place.
 
-The remote-code files run under whatever transformers the user has installed. They import the version-dependent
-pieces from here; each is the native mechanism where the installed version has it, and an equivalent otherwise.
-Nothing else in the package checks a version.
+The remote-code files run under whatever Python, torch and transformers the user has installed. They import the
+version-dependent pieces from here; each is the native mechanism where the installed version has it, and an
+equivalent otherwise. Nothing else in the package checks a version. Below the supported range, importing this
+module (the first thing every remote-code file does) stops with one line naming the installed version and the
+range; the range is what CI tests (`.ci/version_matrix.sh`).
 """
 
-import dataclasses
-import inspect
 import re
+import sys
 
-import transformers
-
-OLDEST_SUPPORTED = "4.46.0"
+OLDEST_PYTHON = (3, 9)
+OLDEST_TORCH = "2.1.0"
+OLDEST_SUPPORTED = "4.46.0"  # transformers
 
 
 def major_minor(text):
-    """(4, 57) for "4.57.6" or "4.57.0.dev0"."""
+    """(4, 57) for "4.57.6", "4.57.0.dev0" or "2.4.1+cu121"."""
     return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", text).groups())
 
 
-def require_supported(installed):
+def require_python(installed):
+    """Raise a one-line `ImportError` naming `installed` (a `sys.version_info`-like tuple) and the supported
+    range when it is below the range."""
+    if tuple(installed[:2]) < OLDEST_PYTHON:
+        version, oldest = ".".join(map(str, installed[:3])), ".".join(map(str, OLDEST_PYTHON))
+        raise ImportError(
+            f"LSG-BART needs Python>={oldest} (tested from {oldest} to 3.13); this environment has Python {version}"
+        )
+
+
+def require_torch(installed):
     """Raise a one-line `ImportError` naming `installed` and the supported range when it is below the range."""
+    if major_minor(installed) < major_minor(OLDEST_TORCH):
+        raise ImportError(
+            f"LSG-BART needs torch>={OLDEST_TORCH} (tested from 2.1 to the newest release); this environment has "
+            f"torch {installed}: pip install -U 'torch>={OLDEST_TORCH}'"
+        )
+
+
+def require_supported(installed):
+    """Raise a one-line `ImportError` naming `installed` (transformers) and the supported range when it is below
+    the range."""
     if major_minor(installed) < major_minor(OLDEST_SUPPORTED):
         raise ImportError(
             f"LSG-BART needs transformers>={OLDEST_SUPPORTED} (tested from 4.46 to 5.x); this environment has "
@@ -28,11 +49,62 @@ def require_supported(installed):
         )
 
 
+# The checks come before anything that an older version could fail on with a less clear error.
+require_python(sys.version_info)
+
+import torch  # noqa: E402
+
+require_torch(torch.__version__)
+
+import transformers  # noqa: E402
+
 require_supported(transformers.__version__)
 TRANSFORMERS_VERSION = major_minor(transformers.__version__)
 
-from transformers import BartConfig  # noqa: E402  (after the version check, which must come first)
+import dataclasses  # noqa: E402
+import inspect  # noqa: E402
+
+from transformers import BartConfig  # noqa: E402
 from transformers.models.bart.modeling_bart import BartDecoderLayer  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch: the functions that newer releases added or renamed
+# ---------------------------------------------------------------------------------------------------------------
+
+TORCH_VERSION = major_minor(torch.__version__)
+
+if TORCH_VERSION >= (2, 3):
+    from torch.compiler import is_compiling
+else:
+    from torch._dynamo import is_compiling
+
+
+def tracing():
+    """Whether torch.compile or torch.export (ONNX export included) is tracing the model."""
+    return is_compiling()
+
+
+def autocast_enabled(device_type):
+    """Whether autocast is on for `device_type` ("cpu", "cuda")."""
+    if TORCH_VERSION >= (2, 4):
+        return torch.is_autocast_enabled(device_type)
+    return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+try:  # torch 2.5
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    flex_attention = create_block_mask = None
+
+
+def triton_available():
+    """Whether `torch.compile` can build GPU kernels here (it needs Triton, which many CUDA installs lack)."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration: transformers 5.x configs are strict dataclasses (fields and `__post_init__`); earlier ones are
@@ -144,6 +216,9 @@ def attention_result(output):
 SHARED_EMBEDDINGS = "model.shared.weight"
 DECODER_EMBEDDINGS = "model.decoder.embed_tokens.weight"
 
+# `from_pretrained`'s argument for the weights' dtype: `dtype` from 4.56 on (5.x included), `torch_dtype` before.
+DTYPE_ARGUMENT = "dtype" if TRANSFORMERS_VERSION >= (4, 56) else "torch_dtype"
+
 # `from_pretrained(key_mapping=...)` renames checkpoint keys from 4.51 on (5.x included).
 KEY_MAPPING_ON_LOAD = TRANSFORMERS_VERSION >= (4, 51)
 
@@ -212,15 +287,21 @@ def pipeline_tokenizer(model):
 
 
 __all__ = [
+    "DTYPE_ARGUMENT",
     "ConfigBase",
     "accepted_kwargs",
     "attention_result",
+    "autocast_enabled",
     "call_layer",
     "can_return_tuple",
     "config_class",
+    "create_block_mask",
+    "flex_attention",
     "output_requested",
     "pipeline_generate_kwargs",
     "pipeline_tokenizer",
     "read_shared_embeddings_as_decoder_embeddings",
     "return_dict_requested",
+    "tracing",
+    "triton_available",
 ]

@@ -1,1 +1,0 @@
-lsg_bart/transformers_compat.py
