@@ -234,18 +234,14 @@ class RecomputedFeedForward(torch.autograd.Function):
         return grad_x, *grads
 
 
-class LSGLinear(nn.Linear):
-    """`nn.Linear` whose products go through `linear` (oneDNN for float32 on CPU). Same parameters and state dict;
-    the LSG-BART models turn their plain `nn.Linear` layers (BART's decoder, the heads) into these."""
-
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
-
-
 def is_plain_linear(layer):
-    """True for an `nn.Linear` (or `LSGLinear`) without hooks: its weights can be used directly. Wrapped layers
-    (LoRA, quantised layers, hooks) are called as they are."""
-    return type(layer) in (nn.Linear, LSGLinear) and not (layer._forward_hooks or layer._forward_pre_hooks)
+    """True for an `nn.Linear` without hooks whose weight and bias are plain tensors: its weights can be used
+    directly. Anything else (LoRA, quantised layers, torchao's tensor subclasses, hooks) is called as it is."""
+    return (
+        type(layer) is nn.Linear
+        and not (layer._forward_hooks or layer._forward_pre_hooks)
+        and all(type(t) in (torch.Tensor, nn.Parameter) for t in (layer.weight, layer.bias) if t is not None)
+    )
 
 
 def project(layer, x):

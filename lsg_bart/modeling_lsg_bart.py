@@ -37,7 +37,6 @@ from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
 from .lsg_attention import lsg_attention, project_into_heads
 from .lsg_kernels import (
     TOKEN_CHUNK,
-    LSGLinear,
     RecomputedFeedForward,
     attend,
     choose_kernel,
@@ -201,7 +200,7 @@ class LSGBartEncoderLayer(BartEncoderLayer):
 
 
 class LSGBartPreTrainedModel(BartPreTrainedModel):
-    """Base class of the LSG-BART models: weight initialisation, loading of LSG checkpoints, `LSGLinear` layers."""
+    """Base class of the LSG-BART models: weight initialisation and loading of LSG checkpoints."""
 
     config_class = LSGBartConfig
     base_model_prefix = "model"
@@ -231,10 +230,6 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
     def post_init(self):
         self.config.check_lsg_settings()  # also the settings given to `from_pretrained`, set one by one
         super().post_init()
-        # Changing the class keeps each layer's parameters, hooks and tied weights as they are.
-        for module in self.modules():
-            if type(module) is nn.Linear:
-                module.__class__ = LSGLinear
 
 
 def check_encoder_inputs(input_ids, attention_mask, inputs_embeds, vocab_size):
@@ -378,9 +373,9 @@ class LSGBartCrossAttention(BartAttention):
 
     `generate` keeps one encoder output per input (see `LSGBartForConditionalGeneration`), while the decoder runs
     `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
-    together to its keys and values, which are projected once per input and, during `generate` (inference only),
-    remembered for as long as the same encoder output comes back: no copy per beam, and nothing for beam search to
-    reorder. Attention weights are not returned.
+    together to its keys and values. `generate` projects those once, before the first decoding step
+    (`encoder_keys_values`), so that a decoding step reads them and has nothing to decide: no copy per beam,
+    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights are not returned.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
@@ -392,8 +387,8 @@ class LSGBartCrossAttention(BartAttention):
             config=config,
             **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
         )
-        self.remembering = False  # set by `LSGBartModel.remember_encoder_outputs` for one `generate` call
-        self.remembered = None  # (encoder output, its version, keys, values)
+        # (keys, values), each (n, h, S, d), of the encoder output of the running `generate` call, else None.
+        self.encoder_keys_values = None
 
     def forward(self, hidden_states, key_value_states=None, attention_mask=None, layer_head_mask=None, **kwargs):
         if layer_head_mask is not None:
@@ -404,7 +399,7 @@ class LSGBartCrossAttention(BartAttention):
         if n_g % n:
             raise ValueError(f"LSG-BART cross-attention: {n_g} decoder rows for {n} encoder outputs.")
         g = n_g // n
-        key, value = self.keys_and_values(key_value_states)  # (n, h, S, d) each
+        key, value = self.encoder_keys_values or self.keys_and_values(key_value_states)  # (n, h, S, d) each
         query = project(self.q_proj, hidden_states)  # (n*g, q, h*d)
         query = query.view(n, g * q, h, d).transpose(1, 2)  # (n, h, g*q, d): an input's rows together
         if attention_mask is not None:  # (n*g | n, 1, q|1, S), the same for every row of an input
@@ -418,21 +413,12 @@ class LSGBartCrossAttention(BartAttention):
         return attention_result(project(self.out_proj, out))
 
     def keys_and_values(self, encoder_output):
-        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d); remembered while
-        `remembering` (in inference)."""
-        remembered = self.remembered
-        reusable = self.remembering and not (self.training or torch.is_grad_enabled())
-        # Inference tensors have no version counter; `generate` does not change its encoder output in place.
-        version = None if encoder_output.is_inference() else encoder_output._version
-        if reusable and remembered is not None and remembered[0] is encoder_output and remembered[1] == version:
-            return remembered[2:]
+        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d)."""
         n, S, _ = encoder_output.shape
-        key, value = (
+        return tuple(
             project(layer, encoder_output).view(n, S, self.num_heads, self.head_dim).transpose(1, 2)
             for layer in (self.k_proj, self.v_proj)
         )  # (n, h, S, d)
-        self.remembered = (encoder_output, version, key, value) if reusable else None
-        return key, value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -453,12 +439,12 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
             layer.encoder_attn = LSGBartCrossAttention(config, index)
         self.post_init()
 
-    def remember_encoder_outputs(self, remembering):
-        """Let the cross-attention layers remember the keys and values of the encoder output they see (for one
-        `generate` call), or stop and drop what they hold."""
+    def set_encoder_output_for_decoding(self, encoder_output):
+        """Give each cross-attention layer the keys and values of `encoder_output` (n, S, d_model) for the decoding
+        steps of one `generate` call, or, with None, drop them."""
         for layer in self.decoder.layers:
-            layer.encoder_attn.remembering = remembering
-            layer.encoder_attn.remembered = None
+            attention = layer.encoder_attn
+            attention.encoder_keys_values = None if encoder_output is None else attention.keys_and_values(encoder_output)
 
     def cross_attention_mask(self, attention_mask, encoder_output):
         """The encoder-output mask the decoder sees: one row per encoder output (`generate` repeats the mask per
@@ -502,21 +488,23 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
 
     def generate(self, *args, **kwargs):
         """[`GenerationMixin.generate`]: the encoder output is kept once per input, not once per beam or returned
-        sequence, and the cross-attention keys and values made from it are computed once."""
-        self.model.remember_encoder_outputs(True)
+        sequence, and the cross-attention keys and values made from it are computed once, before decoding."""
         try:
             return super().generate(*args, **kwargs)
         finally:
-            self.model.remember_encoder_outputs(False)
+            self.model.set_encoder_output_for_decoding(None)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        # The decoder's inputs are repeated per beam as usual; the encoder output is not (`LSGBartCrossAttention`).
+        # `generate` calls this once, with the encoder output it decodes from (its own or the caller's). The
+        # decoder's inputs are repeated per beam as usual; the encoder output is not (`LSGBartCrossAttention`).
         encoder_outputs = model_kwargs.pop("encoder_outputs", None)
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=False, input_ids=input_ids, **model_kwargs
         )
         if encoder_outputs is not None:
             model_kwargs["encoder_outputs"] = encoder_outputs
+            with torch.no_grad():
+                self.model.set_encoder_output_for_decoding(encoder_outputs[0])
         return input_ids, model_kwargs
 
 

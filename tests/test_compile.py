@@ -1,5 +1,6 @@
 """torch.compile (inductor), torch.export and ONNX export (torch.onnx.export with dynamo=True) of the LSG encoder:
-the same results as eager, public ops only while tracing, no graph break inside an encoder layer."""
+the same results as eager, public ops only while tracing, no graph break inside an encoder layer; and `generate`
+with the model's forward compiled as one graph (transformers' static-cache recipe)."""
 
 import importlib.util
 
@@ -110,3 +111,22 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_length(tmp_path):
     for input_ids, attention_mask, expected in other_lengths(encoder):
         (ours,) = session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
         torch.testing.assert_close(torch.from_numpy(ours), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_with_a_static_cache_and_a_fullgraph_compiled_forward_gives_eager_tokens(num_beams):
+    """transformers' recipe for compiled decoding: nothing in a decoding step may break the graph (`fullgraph=True`
+    raises at the first break). Weights drawn wide (init_std 0.5) so that the tokens vary from step to step."""
+    torch.manual_seed(0)
+    model = LSGBartForConditionalGeneration(tiny_config(dropout=0.0, attention_dropout=0.0, init_std=0.5)).eval()
+    input_ids, attention_mask = padded_batch([300, 251])  # LSG attention and a padded row
+    settings = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6,
+                    num_beams=num_beams, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        eager = model.generate(**settings)
+        model.forward = torch.compile(model.forward, fullgraph=True)
+        compiled = model.generate(**settings, cache_implementation="static")
+    assert len(set(eager.sequences[1].tolist())) > 3, "the tokens should vary"
+    assert torch.equal(compiled.sequences, eager.sequences)
+    for step_compiled, step_eager in zip(compiled.logits, eager.logits):
+        torch.testing.assert_close(step_compiled, step_eager, rtol=1e-4, atol=1e-4)

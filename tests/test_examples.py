@@ -6,6 +6,8 @@ loaded from folders goes to the temporary HF_HOME set in conftest.py.
 
 import json
 import math
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -105,6 +107,18 @@ def assert_self_contained(folder, auto_class):
     assert config["auto_map"]["AutoConfig"] == "configuration_lsg_bart.LSGBartConfig"
 
 
+def loads_as_remote_code(folder, auto_class):
+    """Whether `folder` loads with its own copy of the code, in a process where the package is not imported (there,
+    the package's registration with the Auto classes would take precedence)."""
+    code = (
+        f"import transformers; model = transformers.{auto_class}.from_pretrained({str(folder)!r}, "
+        "trust_remote_code=True); print(type(model).__module__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split()[-1].startswith("transformers_modules.")
+
+
 def state_digest(state_dict):
     return {name: tensor.float().sum().item() for name, tensor in state_dict.items()}
 
@@ -174,7 +188,7 @@ def test_summarization_trains_evaluates_predicts_and_saves_remote_code_folder(
     assert_self_contained(output_dir, "AutoModelForSeq2SeqLM")
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True)
     assert type(reloaded).__name__ == "LSGBartForConditionalGeneration"
-    assert type(reloaded).__module__.startswith("transformers_modules.")  # the folder's copy of the code
+    assert loads_as_remote_code(output_dir, "AutoModelForSeq2SeqLM")
     trained = state_digest(trainer.model.state_dict())
     assert state_digest(reloaded.state_dict()) == pytest.approx(trained)
     initial = state_digest(load_file(tiny_checkpoint / "model.safetensors"))
@@ -357,7 +371,7 @@ def test_classification_trains_evaluates_predicts_and_serves_a_pipeline(tiny_che
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "legal", "1": "medical", "2": "science"}
     reloaded = AutoModelForSequenceClassification.from_pretrained(output_dir, trust_remote_code=True)
-    assert type(reloaded).__module__.startswith("transformers_modules.")
+    assert loads_as_remote_code(output_dir, "AutoModelForSequenceClassification")
     assert state_digest(reloaded.state_dict()) == pytest.approx(state_digest(trainer.model.state_dict()))
 
     # The saved folder serves the text-classification pipeline, on a document longer than the model (truncated).

@@ -87,14 +87,14 @@ def test_keys_and_values_are_projected_once_per_input_and_call(model):
             hook.remove()
     assert key_rows == [2] * len(model.model.decoder.layers)  # once per layer, for the 2 inputs, not 8 beams
     assert len(encoder_rows) == 6 and set(encoder_rows) == {2}
-    assert all(layer.encoder_attn.remembered is None for layer in model.model.decoder.layers)
+    assert all(layer.encoder_attn.encoder_keys_values is None for layer in model.model.decoder.layers)
 
 
 def test_a_plain_forward_pass_keeps_nothing(model):
     input_ids, attention_mask = padded_batch([300, 251])
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4])
-    assert all(layer.encoder_attn.remembered is None for layer in model.model.decoder.layers)
+    assert all(layer.encoder_attn.encoder_keys_values is None for layer in model.model.decoder.layers)
 
 
 def test_training_forward_with_labels_matches_bart_cross_attention(model):

@@ -215,14 +215,6 @@ def test_input_longer_than_positions_or_unaligned_without_adaptive_is_refused():
         model.encoder(input_ids=torch.ones(1, 150, dtype=torch.long))
 
 
-def test_new_checkpoints_are_not_silently_loaded_as_plain_bart(tmp_path):
-    LSGBartModel(tiny_config()).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        AutoConfig.from_pretrained(tmp_path, trust_remote_code=False)
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        AutoModel.from_pretrained(tmp_path, trust_remote_code=False)
-
-
 def test_shipped_default_config_is_lsg_bart_base_4096():
     from conftest import REPO
 

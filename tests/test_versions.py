@@ -3,10 +3,13 @@ covered by the version matrix (`.ci/version_matrix.sh`), which also loads a chec
 below the range and imports the remote code under a real Python below it."""
 
 import importlib.util
+import subprocess
 import sys
 import types
 
 import pytest
+
+from conftest import REPO
 
 from lsg_bart import compat
 from lsg_bart.compat import OLDEST_SUPPORTED, OLDEST_TORCH, require_python, require_supported, require_torch
@@ -85,3 +88,14 @@ def refuse_modules(original_import, *names):
         return original_import(name, *args, **kwargs)
 
     return guarded
+
+
+def test_remote_code_tests_pass_in_a_process_without_the_package(tmp_path):
+    """tests/remote_code as the version matrix runs it, under this environment's Python, torch and transformers:
+    its own folder only (`--confcutdir`, so that the suite's conftest, which imports the package, is not loaded)."""
+    folder = REPO / "tests" / "remote_code"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+               "--rootdir", str(folder), "--confcutdir", str(folder), str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
