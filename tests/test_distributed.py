@@ -168,3 +168,89 @@ def test_two_processes_end_with_identical_weights(launcher, tiny_checkpoint, tra
         assert (output_dir / name).is_file(), name
     assert "AutoModelForSeq2SeqLM" in json.loads((output_dir / "config.json").read_text())["auto_map"]
     assert all(torch.isfinite(tensor).all() for tensor in load_file(output_dir / "model.safetensors").values())
+
+
+FSDP2_DRIVER = """
+import json, os, sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
+
+from lsg_bart import LSGBartForConditionalGeneration
+
+checkpoint, output_dir, report_dir = sys.argv[1:]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = LSGBartForConditionalGeneration.from_pretrained(checkpoint, dropout=0.0, activation_dropout=0.0)
+for layer in (*model.model.encoder.layers, *model.model.decoder.layers):
+    fully_shard(layer)
+fully_shard(model)
+sharded = next(model.model.encoder.layers[0].parameters())
+
+# Each process learns its own batch of 300-token inputs (LSG attention: blocks of 32), one row padded.
+generator = torch.Generator().manual_seed(rank)
+input_ids = torch.randint(4, model.config.vocab_size, (2, 300), generator=generator)
+attention_mask = torch.ones_like(input_ids)
+attention_mask[1, 250:] = 0
+labels = torch.randint(4, model.config.vocab_size, (2, 12), generator=generator)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+losses = []
+model.train()
+for step in range(10):
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    losses.append(loss.item())
+model.eval()
+with torch.no_grad():
+    final_loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
+
+# The full weights, gathered on every process, saved by process 0 with save_pretrained and reloaded.
+state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+reloaded_loss = None
+if rank == 0:
+    plain = LSGBartForConditionalGeneration(model.config)
+    plain.load_state_dict(state)
+    plain.save_pretrained(output_dir)
+    reloaded = LSGBartForConditionalGeneration.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        reloaded_loss = reloaded(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
+report = {
+    "world_size": dist.get_world_size(),
+    "sharded_type": type(sharded).__name__,
+    "losses": losses,
+    "final_loss": final_loss,
+    "reloaded_loss": reloaded_loss,
+}
+with open(os.path.join(report_dir, f"rank{rank}.json"), "w") as f:
+    json.dump(report, f)
+dist.barrier()
+dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # as in DRIVER: gloo's threads may abort at interpreter shutdown
+"""
+
+
+def test_fsdp2_fully_shard_trains_on_two_processes_and_the_saved_model_reloads(tiny_checkpoint, tmp_path):
+    """FSDP2 (`fully_shard` on each layer and the model) over gloo on 2 CPU processes: the parameters are sharded,
+    each process's loss falls, and the gathered weights saved with `save_pretrained` reload with the same loss."""
+    driver = tmp_path / "fsdp2_driver.py"
+    driver.write_text(FSDP2_DRIVER, encoding="utf-8")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    output_dir = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    command = LAUNCHERS["torchrun"](free_port()) + [str(driver), str(tiny_checkpoint), str(output_dir), str(reports)]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    ranks = [json.loads((reports / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in ranks:
+        assert report["world_size"] == 2 and report["sharded_type"] == "DTensor"
+        assert all(math.isfinite(loss) for loss in report["losses"])
+        assert report["final_loss"] < 0.8 * report["losses"][0]
+    assert ranks[0]["reloaded_loss"] == pytest.approx(ranks[0]["final_loss"], rel=1e-4)
+    assert (output_dir / "model.safetensors").is_file()
