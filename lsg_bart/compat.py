@@ -207,9 +207,10 @@ def output_requested(config, kwargs, name):
 ATTENTION_RETURNS_CACHE = "cross_attn_present_key_value" in inspect.getsource(BartDecoderLayer.forward)
 
 
-def attention_result(output):
-    """What BART's decoder layer unpacks from its cross-attention: the output, no weights (and no cache part)."""
-    return (output, None, ()) if ATTENTION_RETURNS_CACHE else (output, None)
+def attention_result(output, weights):
+    """What BART's decoder layer unpacks from its cross-attention: the output, the weights or None (and no cache
+    part)."""
+    return (output, weights, ()) if ATTENTION_RETURNS_CACHE else (output, weights)
 
 
 # Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only under the shared embeddings' name.

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, Pipeline, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import logging
 from transformers.models.bart.modeling_bart import (
     BartAttention,
     BartClassificationHead,
@@ -60,6 +61,8 @@ from .compat import (
     read_shared_embeddings_as_decoder_embeddings,
     return_dict_requested,
 )
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encoder self-attention
@@ -305,7 +308,8 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
             Also return the input of each layer and the final output: `num_global_tokens` + the padded length
             positions each, except the last, which is cropped like `last_hidden_state`.
         output_attentions (`bool`, *optional*):
-            Accepted for compatibility; LSG attention has no attention matrix, so `attentions` is `None`.
+            Accepted for compatibility: LSG attention computes no attention matrix, so `attentions` is `None` (with
+            one warning).
         return_dict (`bool`, *optional*):
             Return a [`BaseModelOutput`] (the default) or a tuple.
         """
@@ -342,6 +346,12 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         hidden_states = dropout(hidden_states, self.dropout, self.training)
         visible = F.pad(visible, (G, 0), value=True)  # (n, T)
 
+        if output_requested(config, kwargs, "output_attentions"):
+            logger.warning_once(
+                "LSG-BART: the encoder's LSG attention computes no attention matrix, so encoder attentions are None; "
+                "the decoder's cross-attention weights are returned, and its self-attention weights under "
+                "attn_implementation='eager'."
+            )
         keep_hidden_states = output_requested(config, kwargs, "output_hidden_states")
         layer_inputs = []
         for layer in self.layers:
@@ -375,7 +385,9 @@ class LSGBartCrossAttention(BartAttention):
     `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
     together to its keys and values. `generate` projects those once, before the first decoding step
     (`encoder_keys_values`), so that a decoding step reads them and has nothing to decide: no copy per beam,
-    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights are not returned.
+    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights are returned,
+    one (h, q, S) block per decoder row, with `output_attentions=True` under `attn_implementation="eager"` (as BART
+    returns its own).
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
@@ -406,11 +418,23 @@ class LSGBartCrossAttention(BartAttention):
             rows = 1 if attention_mask.shape[0] == n else g  # transformers 5 builds it from the encoder output
             attention_mask = attention_mask[::rows, :, :1]  # (n, 1, 1, S)
         dropout_p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=dropout_p, scale=self.scaling
-        )  # (n, h, g*q, d)
+        weights = None
+        if kwargs.get("output_attentions") or self.config._attn_implementation == "eager":
+            # Written out, as BART's eager attention does, so that the weights can be returned.
+            scores = query @ key.transpose(-1, -2) * self.scaling  # (n, h, g*q, S)
+            if attention_mask is not None and attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            elif attention_mask is not None:
+                scores = scores + attention_mask  # additive
+            probs = scores.softmax(dim=-1)
+            out = F.dropout(probs, p=dropout_p, training=self.training) @ value  # (n, h, g*q, d)
+            weights = probs.view(n, h, g, q, S).transpose(1, 2).reshape(n_g, h, q, S)  # per decoder row
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout_p, scale=self.scaling
+            )  # (n, h, g*q, d)
         out = out.transpose(1, 2).reshape(n_g, q, h * d)
-        return attention_result(project(self.out_proj, out))
+        return attention_result(project(self.out_proj, out), weights)
 
     def keys_and_values(self, encoder_output):
         """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d)."""
@@ -464,7 +488,8 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs):
         """Same arguments and outputs as [`BartModel.forward`]."""
         if encoder_outputs is None:
-            encoder_kwargs = {k: v for k, v in kwargs.items() if k in ("output_hidden_states", "return_dict")}
+            wanted = ("output_attentions", "output_hidden_states", "return_dict")
+            encoder_kwargs = {k: v for k, v in kwargs.items() if k in wanted}
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **encoder_kwargs
             )

@@ -11,6 +11,7 @@ from transformers import GenerationMixin
 from transformers.models.bart.modeling_bart import BartAttention
 
 from lsg_bart import LSGBartForConditionalGeneration
+from lsg_bart import modeling_lsg_bart as modeling
 from lsg_bart.compat import accepted_kwargs
 
 
@@ -117,3 +118,33 @@ def test_generate_under_inference_mode_gives_the_no_grad_tokens(model):
         expected = model.generate(**kwargs)
     with torch.inference_mode():
         assert torch.equal(model.generate(**kwargs), expected)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_output_attentions_gives_bart_cross_attention_weights_and_no_encoder_attentions(attn_implementation, caplog):
+    """Cross-attention weights as BART's own cross-attention computes them (per decoder row, padding at 0); the
+    decoder's self-attention weights where transformers computes them (eager); no encoder attention matrix, said
+    once."""
+    torch.manual_seed(0)
+    config = tiny_config(dropout=0.0, attention_dropout=0.0)
+    config._attn_implementation = attn_implementation
+    model = LSGBartForConditionalGeneration(config).eval()
+    bart = with_bart_cross_attention(model)
+    bart.config._attn_implementation = "eager"  # BART returns weights only when it writes them out
+    input_ids, attention_mask = padded_batch([300, 251])
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5],
+                  output_attentions=True)
+    modeling.logger.warning_once.cache_clear()  # said once per process
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        ours = model(**inputs)
+        model(**inputs)
+        expected = bart(**inputs)
+    assert len(ours.cross_attentions) == config.decoder_layers
+    for weights, bart_weights in zip(ours.cross_attentions, expected.cross_attentions):
+        assert weights.shape == (2, config.decoder_attention_heads, 5, config.num_global_tokens + 300)
+        torch.testing.assert_close(weights, bart_weights, atol=1e-6, rtol=1e-5)
+        assert weights[1, :, :, config.num_global_tokens + 251 :].abs().max() == 0  # the padded row's padding
+    if attn_implementation == "eager":
+        assert len(ours.decoder_attentions) == config.decoder_layers
+    assert ours.encoder_attentions is None
+    assert sum("computes no attention matrix" in record.getMessage() for record in caplog.records) == 1
