@@ -4,6 +4,11 @@
 Each setting (implementation, input length, beams, new tokens, batch) runs once in a fresh subprocess, at
 bart-base size with random weights, with the number of new tokens forced (`min_new_tokens = max_new_tokens`):
 - lsg, lsg_bf16: this project's LSGBartForConditionalGeneration (float32, bfloat16);
+- lsg_int8: the same after PyTorch's dynamic int8 quantisation of every `nn.Linear`
+  (`torch.ao.quantization.quantize_dynamic`);
+- lsg_compiled: float32 with transformers' compiled-decoding recipe (`cache_implementation="static"` and the
+  model's forward under `torch.compile(fullgraph=True)`); its warm-up is a whole run of the same setting, so that
+  compilation is not timed;
 - original: the original LSG-BART (lsg-converter 0.1.9 on transformers 4.38), in the interpreter given with
   `--original-python`, measured in the same run;
 - led: LEDForConditionalGeneration shaped like led-base (attention window 1024), global attention on token 0;
@@ -40,7 +45,8 @@ from run_benchmark import (  # noqa: E402
 )
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "generate"
-IMPLS = ("lsg", "lsg_bf16", "original", "led", "bart")
+IMPLS = ("lsg", "lsg_bf16", "lsg_int8", "lsg_compiled", "original", "led", "bart")
+LSG_IMPLS = ("lsg", "lsg_bf16", "lsg_int8", "lsg_compiled")
 SIZES = {
     "base": {"d_model": 768, "heads": 12, "ffn": 3072, "layers": 6, "vocab_size": 50265},
     "tiny": {"d_model": 64, "heads": 4, "ffn": 256, "layers": 2, "vocab_size": 1000},
@@ -62,7 +68,7 @@ def build_model(impl: str, size: dict, length: int):
         decoder_layers=size["layers"], encoder_attention_heads=size["heads"], decoder_attention_heads=size["heads"],
         encoder_ffn_dim=size["ffn"], decoder_ffn_dim=size["ffn"], dropout=0.0, attention_dropout=0.0,
     )
-    if impl in ("lsg", "lsg_bf16"):
+    if impl in LSG_IMPLS:
         from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
 
         config = LSGBartConfig(max_position_embeddings=round_up(length, LSG["block_size"]), **common, **LSG)
@@ -130,6 +136,10 @@ def measure(task: dict) -> dict:
     model = build_model(impl, size, length).eval()
     if impl == "lsg_bf16":
         model.to(torch.bfloat16)
+    if impl == "lsg_int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if impl == "lsg_compiled":
+        model.forward = torch.compile(model.forward, fullgraph=True)
     generator = torch.Generator().manual_seed(task["seed"])
     input_ids = torch.randint(4, size["vocab_size"], (batch, length), generator=generator)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
@@ -138,13 +148,18 @@ def measure(task: dict) -> dict:
         inputs["global_attention_mask"][:, 0] = 1
     settings = dict(num_beams=beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens, do_sample=False,
                     length_penalty=1.0, no_repeat_ngram_size=0, early_stopping=False, use_cache=True)
+    if impl == "lsg_compiled":
+        settings["cache_implementation"] = "static"
     encoder_times = []
     encoder = model.get_encoder()
     encoder.register_forward_pre_hook(lambda *args: encoder_times.append(-time.perf_counter()))
     encoder.register_forward_hook(lambda *args: encoder_times.append(time.perf_counter()))
     with torch.inference_mode():  # warm-up on a short input: kernels chosen, pools allocated
-        short = {key: value[:, : min(length, 512)] for key, value in inputs.items()}
-        model.generate(**short, **{**settings, "min_new_tokens": 2, "max_new_tokens": 2})
+        if impl == "lsg_compiled":  # compiled for the shapes of the timed run
+            model.generate(**inputs, **settings)
+        else:
+            short = {key: value[:, : min(length, 512)] for key, value in inputs.items()}
+            model.generate(**short, **{**settings, "min_new_tokens": 2, "max_new_tokens": 2})
     encoder_times.clear()
     gc.collect()
     peak_reset = reset_peak_memory()
@@ -163,7 +178,7 @@ def measure(task: dict) -> dict:
         memory_method="VmHWM reset after build" if peak_reset else "lifetime VmHWM (reset not allowed)",
         output_ids=output.tolist(),
     )
-    if impl.startswith("lsg"):
+    if impl in ("lsg", "lsg_bf16"):
         result["bandwidth_gb_s"] = copy_bandwidth_gb_s()
         result["step_bytes"] = step_bytes(model, length, batch, beams, new_tokens)
         result["floor_step_s"] = result["step_bytes"] / (result["bandwidth_gb_s"] * 1e9)
@@ -188,7 +203,8 @@ def plan(args) -> list[dict]:
 
 
 def agreement(rows) -> list[dict]:
-    """bf16 against fp32 LSG outputs of the same setting: share of identical generated tokens and ROUGE-L."""
+    """bf16, int8 and compiled against fp32 LSG outputs of the same setting: share of identical generated tokens
+    and ROUGE-L."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
@@ -197,7 +213,7 @@ def agreement(rows) -> list[dict]:
     results = []
     for row in rows:
         reference = fp32.get(tuple(row[k] for k in key))
-        if row["impl"] != "lsg_bf16" or row["status"] != "ok" or reference is None:
+        if row["impl"] not in LSG_IMPLS[1:] or row["status"] != "ok" or reference is None:
             continue
         same = total = 0
         rouge = []
@@ -205,7 +221,7 @@ def agreement(rows) -> list[dict]:
             same += sum(a == b for a, b in zip(ours[1:], ref[1:]))
             total += len(ref) - 1
             rouge.append(scorer.score(" ".join(map(str, ref[1:])), " ".join(map(str, ours[1:])))["rougeL"].fmeasure)
-        results.append({**{k: row[k] for k in key}, "identical_tokens": same / total,
+        results.append({**{k: row[k] for k in key}, "impl": row["impl"], "identical_tokens": same / total,
                          "rougeL": sum(rouge) / len(rouge)})
     return results
 
@@ -232,10 +248,11 @@ def markdown(results) -> str:
         lines.append(f"| {c['length']} | {c['batch']} | {c['beams']} | {c['new_tokens']} | {c['other']} | "
                      f"{c['speedup']:.2f}x | {fmt(c['memory_ratio'], '{:.2f}x')} |")
     if results["agreement"]:
-        lines += ["", "## bf16 against fp32 (lsg, same inputs; random weights)", "",
-                  "| length | batch | beams | new tokens | identical tokens | ROUGE-L |", "|---|---|---|---|---|---|"]
+        lines += ["", "## against fp32 lsg (same inputs; random weights)", "",
+                  "| impl | length | batch | beams | new tokens | identical tokens | ROUGE-L |",
+                  "|---|---|---|---|---|---|---|"]
         for a in results["agreement"]:
-            lines.append(f"| {a['length']} | {a['batch']} | {a['beams']} | {a['new_tokens']} | "
+            lines.append(f"| {a['impl']} | {a['length']} | {a['batch']} | {a['beams']} | {a['new_tokens']} | "
                          f"{a['identical_tokens']:.1%} | {a['rougeL']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -304,7 +321,7 @@ def parse_args(argv=None):
     parser.add_argument("--new-tokens", type=int_list, default=[256], help="forced new tokens (default 256)")
     parser.add_argument("--batches", type=int_list, default=[1], help="batch sizes (default 1)")
     parser.add_argument("--impls", type=impl_list, default=None,
-                        help="comma-separated, from lsg,lsg_bf16,original,led,bart (default: all; original needs "
+                        help=f"comma-separated, from {','.join(IMPLS)} (default: all; original needs "
                              "--original-python)")
     parser.add_argument("--full-grid", action="store_true",
                         help="lengths 4096,16384 x beams 1,4 x new tokens 128,256 x batch 1,4 (hours on 2 cores)")

@@ -287,14 +287,14 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
     def padding_length(self, length):
         """How many tokens adaptive padding adds to a sequence of `length` tokens."""
         bs = self.config.block_size
-        if length <= 2 * bs or length % bs == 0:
+        if length <= 2 * bs:
             return 0
-        if not self.config.adaptive:
+        if not self.config.adaptive and length % bs:
             raise ValueError(
                 f"Input length {length} is not a multiple of block_size={bs}; pad it to a multiple of {bs} "
                 "or use a config with adaptive=True."
             )
-        return bs - length % bs
+        return (length + bs - 1) // bs * bs - length
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> BaseModelOutput:
         r"""
@@ -361,13 +361,17 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
                 continue
             hidden_states = call_layer(self, layer, hidden_states, visible)
 
+        # The adaptive padding is cropped with `index_select`, not a slice: in an exported graph, where the length is
+        # symbolic, a slice makes torch.export decide whether the result is contiguous, which holds only at
+        # multiples of the block size, and the program would be restricted to those.
         if config.pass_global_tokens_to_decoder:
-            hidden_states = hidden_states[:, : G + t]  # (n, G + t, d_model)
+            kept = torch.arange(G + t, device=hidden_states.device)
         else:
             if config.pool_with_global:
                 first = hidden_states[:, :1]  # global token 0
                 hidden_states = torch.cat([hidden_states[:, :G], first, hidden_states[:, G + 1 :]], dim=1)
-            hidden_states = hidden_states[:, G : G + t]  # (n, t, d_model)
+            kept = torch.arange(G, G + t, device=hidden_states.device)
+        hidden_states = hidden_states.index_select(1, kept)  # (n, G + t | t, d_model)
         all_hidden_states = (*layer_inputs, hidden_states) if keep_hidden_states else None
         output = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=None)
         return output if return_dict_requested(config, kwargs) else output.to_tuple()
