@@ -37,7 +37,7 @@ class OverlappingWindows(torch.autograd.Function):
     """Windows of `size` positions every `step` positions along dim 2, as a view: (n, h, L, c) -> (n, h, w, size, c).
 
     The view is `x.unfold(2, size, step)`. Its backward pass adds each window's gradient back in `size / step`
-    slices where `step` divides `size`; PyTorch's own `unfold` backward indexes every element and is ~10x slower.
+    slices where `step` divides `size`; PyTorch's own `unfold` backward indexes every element, which is much slower.
     """
 
     @staticmethod
@@ -84,7 +84,8 @@ def project_into_heads(project, x, heads, before, after):
 
     `project` maps (n, c, h*d) hidden states to their queries, keys and values, each (n, c, h*d). On CPU it is
     applied `TOKEN_CHUNK` tokens at a time: the joint projection of a whole long input would be a tensor of over
-    32 MB, which glibc maps afresh on every allocation, and touching its new pages costs a fifth of the product.
+    32 MB, which glibc maps afresh on every allocation, and touching its new pages is a sizeable share of the
+    product's time.
     """
     n, T, _ = x.shape
     d = x.shape[-1] // heads
@@ -334,8 +335,8 @@ def lsg_attention(query, key, value, visible, margin, config, scale, dropout, ke
     global_out = attend(query[:, :, :G], *tokens, visible.transpose(-1, -2), dropout, kernel != "eager", scale)
     arguments = (query, key, value, visible, margin, sparse, config, scale, dropout, kernel)
     if kernel == "sdpa" and torch.is_grad_enabled() and cpu_tuning(query):
-        # Training with the joined key sets, ~5x the size of the keys: rebuilding them in the backward pass
-        # instead of keeping them saves most of the attention's memory for a small share of its time.
+        # Training with the joined key sets, several times the size of the keys: rebuilding them in the backward
+        # pass instead of keeping them saves most of the attention's memory for a small share of its time.
         block_out = checkpoint(block_attention, *arguments, use_reentrant=False)
     else:
         block_out = block_attention(*arguments)

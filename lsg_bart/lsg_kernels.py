@@ -146,7 +146,7 @@ class OneDNNLinear(torch.autograd.Function):
     """`F.linear` in float32 through oneDNN, forward and backward.
 
     PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among them) runs without AVX-512 and
-    reaches half the rate oneDNN reaches on the same cores. The arithmetic is float32 either way.
+    reaches a lower rate than oneDNN on the same cores (docs/benchmark.md). The arithmetic is float32 either way.
     """
 
     @staticmethod
@@ -356,7 +356,7 @@ def attend_bf16_written_out(query, key, value, visible, scale):
     scores written out, a few blocks at a time so that they stay in cache.
 
     For inference on CPU: the batched products go to oneDNN's bfloat16 kernel, and the three steps together take
-    about half the time of PyTorch's fused kernel, which is no faster in bfloat16 than in float32 (its softmax
+    less time than PyTorch's fused kernel, which is no faster in bfloat16 than in float32 (its softmax
     runs in float32). Its relative L2 error against float32 is the fused kernel's in bfloat16 (benchmarks/).
     """
     B, g, q, d = query.shape

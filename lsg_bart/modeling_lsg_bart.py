@@ -270,7 +270,7 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
     """
 
     def __init__(self, config: LSGBartConfig):
-        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        PreTrainedModel.__init__(self, config)  # BART's __init__ would build sub-modules that this one replaces
         self.dropout = config.dropout
         self.layerdrop = config.encoder_layerdrop
         self.padding_idx = config.pad_token_id
@@ -458,7 +458,7 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
     """The bare LSG-BART encoder-decoder, outputting the decoder's hidden states."""
 
     def __init__(self, config: LSGBartConfig):
-        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        PreTrainedModel.__init__(self, config)  # BART's __init__ would build sub-modules that this one replaces
         embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
         self.shared = BartScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
         self.encoder = LSGBartEncoder(config)
@@ -509,7 +509,7 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
     """LSG-BART with a language-modelling head, for summarisation and other generation tasks."""
 
     def __init__(self, config: LSGBartConfig):
-        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        PreTrainedModel.__init__(self, config)  # BART's __init__ would build sub-modules that this one replaces
         self.model = LSGBartModel(config)
         self.register_buffer("final_logits_bias", torch.zeros((1, self.model.shared.num_embeddings)))
         self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
@@ -541,7 +541,7 @@ class LSGBartForSequenceClassification(LSGBartPreTrainedModel, BartForSequenceCl
     """LSG-BART with a classification head on the decoder state of the last `eos` token."""
 
     def __init__(self, config: LSGBartConfig, **kwargs):
-        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        PreTrainedModel.__init__(self, config)  # BART's __init__ would build sub-modules that this one replaces
         self.model = LSGBartModel(config)
         self.classification_head = BartClassificationHead(
             config.d_model, config.d_model, config.num_labels, config.classifier_dropout
@@ -554,7 +554,7 @@ class LSGBartForQuestionAnswering(LSGBartPreTrainedModel, BartForQuestionAnsweri
 
     def __init__(self, config: LSGBartConfig):
         config.num_labels = 2
-        PreTrainedModel.__init__(self, config)  # BART's own sub-modules are not built
+        PreTrainedModel.__init__(self, config)  # BART's __init__ would build sub-modules that this one replaces
         self.num_labels = config.num_labels
         self.model = LSGBartModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
