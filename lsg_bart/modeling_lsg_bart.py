@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationConfig, Pipeline, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
 from transformers.models.bart.modeling_bart import (
     BartAttention,
@@ -32,6 +32,7 @@ from transformers.models.bart.modeling_bart import (
     BartModel,
     BartPreTrainedModel,
     BartScaledWordEmbedding,
+    shift_tokens_right,
 )
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
@@ -514,6 +515,29 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
         self.register_buffer("final_logits_bias", torch.zeros((1, self.model.shared.num_embeddings)))
         self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
         self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, labels=None, **kwargs):
+        """Same arguments and outputs as [`BartForConditionalGeneration.forward`]. The LM head is the largest
+        product of a decoding step: it goes through `project` (oneDNN for a plain float32 layer on CPU)."""
+        if labels is not None:
+            kwargs["use_cache"] = False
+            if decoder_input_ids is None and kwargs.get("decoder_inputs_embeds") is None:
+                config = self.config
+                decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            **{**kwargs, "return_dict": True},
+        )
+        logits = project(self.lm_head, outputs[0]) + self.final_logits_bias.to(outputs[0].device)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        rest = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        output = Seq2SeqLMOutput(loss=loss, logits=logits, **rest)  # the model's other fields, whatever their names
+        return output if return_dict_requested(self.config, kwargs) else output.to_tuple()
 
     def generate(self, *args, **kwargs):
         """[`GenerationMixin.generate`]: the encoder output is kept once per input, not once per beam or returned
