@@ -516,18 +516,36 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
         self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, labels=None, **kwargs):
-        """Same arguments and outputs as [`BartForConditionalGeneration.forward`]. The LM head is the largest
-        product of a decoding step: it goes through `project` (oneDNN for a plain float32 layer on CPU)."""
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        """Same arguments and outputs as [`BartForConditionalGeneration.forward`] (named here, as `generate` checks
+        its arguments against them). The LM head is the largest product of a decoding step: it goes through
+        `project` (oneDNN for a plain float32 layer on CPU)."""
         if labels is not None:
-            kwargs["use_cache"] = False
-            if decoder_input_ids is None and kwargs.get("decoder_inputs_embeds") is None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
                 config = self.config
                 decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
             **{**kwargs, "return_dict": True},
         )
         logits = project(self.lm_head, outputs[0]) + self.final_logits_bias.to(outputs[0].device)

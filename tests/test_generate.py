@@ -148,3 +148,15 @@ def test_output_attentions_gives_bart_cross_attention_weights_and_no_encoder_att
         assert len(ours.decoder_attentions) == config.decoder_layers
     assert ours.encoder_attentions is None
     assert sum("computes no attention matrix" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_generate_from_given_encoder_outputs_gives_the_same_tokens(model):
+    """`generate(encoder_outputs=...)`, as pipelines and users who encode once do: accepted, and the same tokens."""
+    input_ids, attention_mask = padded_batch([300, 251])
+    settings = dict(attention_mask=attention_mask, num_beams=3, max_new_tokens=6, min_new_tokens=6)
+    with torch.no_grad():
+        expected = model.generate(input_ids=input_ids, **settings)
+        encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        given = model.generate(encoder_outputs=encoder_outputs, **settings)
+    assert torch.equal(given, expected)
+    assert all(layer.encoder_attn.encoder_keys_values is None for layer in model.model.decoder.layers)
