@@ -1,9 +1,11 @@
 """LSG-BART as users meet it: checkpoint folders loaded with `trust_remote_code=True` under the installed
 transformers, using only the remote-code files, never the installed package.
 
-The version matrix (`.ci/version_matrix.sh`) runs this folder alone under every supported transformers, with
-`--confcutdir` so that the suite's conftest (which imports `lsg_bart`) is not loaded, in venvs without `lsg_bart`.
-The main suite runs it too. Self-contained on purpose: no conftest of its own.
+The version matrix (`.ci/version_matrix.sh`) runs this folder alone under every supported Python, torch and
+transformers, with `--confcutdir` so that the suite's conftest (which imports `lsg_bart`) is not loaded, in venvs
+without `lsg_bart`. The main suite runs it too, in a process of its own (`tests/test_versions.py`): once imported,
+the package registers itself with the Auto classes, and its code would be loaded instead of the folders' copies.
+Self-contained on purpose: no conftest of its own.
 """
 
 import ast
