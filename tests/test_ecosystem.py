@@ -153,3 +153,33 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 print(MODEL_MAPPING[LSGBartModel.config_class].__name__)
 """
     assert run_fresh(code).split()[-1] == "LSGBartModel"
+
+
+def test_int8_quantisation_in_a_fresh_process():
+    """As a user's script runs it: a fresh process, the package's model, torch.ao's dynamic int8 on every
+    `nn.Linear`, then torchao's int8 weight-only, and `generate` on a long padded input with each."""
+    code = """
+import copy, torch
+from torch import nn
+from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
+config = LSGBartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=1024,
+                       block_size=16, sparse_block_size=16, num_global_tokens=2)
+model = LSGBartForConditionalGeneration(config).eval()
+linears = sum(type(module) is nn.Linear for module in model.modules())
+quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+replaced = sum(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in quantized.modules())
+from torchao.quantization import Int8WeightOnlyConfig, quantize_
+weight_only = copy.deepcopy(model)
+quantize_(weight_only, Int8WeightOnlyConfig())
+input_ids = torch.randint(5, 120, (2, 300))
+attention_mask = torch.ones_like(input_ids)
+attention_mask[1, 250:] = 0
+shapes = []
+for candidate in (quantized, weight_only):
+    with torch.no_grad():
+        shapes.append(tuple(candidate.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=2,
+                                               max_new_tokens=5, min_new_tokens=5).shape))
+print(linears, replaced, shapes)
+"""
+    assert run_fresh(code).strip().splitlines()[-1] == "33 33 [(2, 6), (2, 6)]"
