@@ -15,27 +15,23 @@ from lsg_bart import compat
 from lsg_bart.compat import OLDEST_SUPPORTED, OLDEST_TORCH, require_python, require_supported, require_torch
 
 
-@pytest.mark.parametrize("installed", ["4.45.2", "4.38.2", "4.9.1", "3.5.1", "4.45.0.dev0"])
-def test_older_transformers_is_refused_in_one_line_naming_both_versions(installed):
+OLDER = [(require_supported, "transformers", OLDEST_SUPPORTED, installed)
+         for installed in ("4.45.2", "4.38.2", "4.9.1", "3.5.1", "4.45.0.dev0")]
+OLDER += [(require_torch, "torch", OLDEST_TORCH, installed) for installed in ("2.0.1", "2.0.0+cu118", "1.13.1", "1.9.0")]
+
+
+@pytest.mark.parametrize("check, package, oldest, installed", OLDER, ids=lambda value: str(value))
+def test_an_older_release_is_refused_in_one_line_naming_both_versions(check, package, oldest, installed):
     with pytest.raises(ImportError) as refused:
-        require_supported(installed)
+        check(installed)
     message = str(refused.value)
     assert "\n" not in message
-    assert f"transformers {installed}" in message and f"transformers>={OLDEST_SUPPORTED}" in message
+    assert f"{package} {installed}" in message and f"{package}>={oldest}" in message
 
 
 @pytest.mark.parametrize("installed", ["4.46.0", "4.46.3", "4.57.6", "5.0.0", "5.25.0", "6.0.0.dev0", "10.1.0"])
 def test_supported_transformers_is_accepted(installed):
     require_supported(installed)
-
-
-@pytest.mark.parametrize("installed", ["2.0.1", "2.0.0+cu118", "1.13.1", "1.9.0"])
-def test_older_torch_is_refused_in_one_line_naming_both_versions(installed):
-    with pytest.raises(ImportError) as refused:
-        require_torch(installed)
-    message = str(refused.value)
-    assert "\n" not in message
-    assert f"torch {installed}" in message and f"torch>={OLDEST_TORCH}" in message
 
 
 @pytest.mark.parametrize("installed", ["2.1.0", "2.1.2+cu121", "2.4.1", "2.13.0+cpu", "2.15.0", "2.16.0.dev20270101"])
