@@ -20,7 +20,9 @@ OLDER = [(require_supported, "transformers", OLDEST_SUPPORTED, installed)
 OLDER += [(require_torch, "torch", OLDEST_TORCH, installed) for installed in ("2.0.1", "2.0.0+cu118", "1.13.1", "1.9.0")]
 
 
-@pytest.mark.parametrize("check, package, oldest, installed", OLDER, ids=lambda value: str(value))
+@pytest.mark.parametrize(
+    "check, package, oldest, installed", OLDER, ids=lambda value: getattr(value, "__name__", value)
+)
 def test_an_older_release_is_refused_in_one_line_naming_both_versions(check, package, oldest, installed):
     with pytest.raises(ImportError) as refused:
         check(installed)
