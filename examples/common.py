@@ -4,7 +4,6 @@ Imported by `run_summarization.py` and `run_classification.py`, which put their 
 this works with `python`, `torchrun` and `accelerate launch`, and when the scripts are imported from a file path).
 """
 
-import json
 import logging
 import os
 import sys
@@ -14,6 +13,8 @@ import datasets
 import transformers
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
+
+from lsg_bart.cli import OneLineErrors, json_object
 
 SPLIT_FLAGS = {"train": "--do_train", "validation": "--do_eval", "test": "--do_predict"}
 SPLIT_FILE_FLAGS = {"train": "--train_file", "validation": "--validation_file", "test": "--test_file"}
@@ -85,11 +86,8 @@ def data_format(path):
     return {"json": "json", "jsonl": "json", "csv": "csv"}.get(suffix)
 
 
-class ArgumentParser(HfArgumentParser):
+class ArgumentParser(OneLineErrors, HfArgumentParser):
     """`HfArgumentParser` whose errors are one line (the usage, every TrainingArguments flag, is for --help)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(dataclass_types, argv=None):
@@ -209,22 +207,6 @@ def tokenize_split(raw_datasets, split, max_samples, preprocess, data_args, trai
         )
 
 
-def parse_model_kwargs(text):
-    """--model_kwargs as a dict; `ValueError` naming the flag unless it is a JSON object (or empty)."""
-    if not text:
-        return {}
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"--model_kwargs is not valid JSON ({error}): {text!r}; expected an object such as "
-            '\'{"sparsity_type": "pooling", "dropout": 0.0}\'.'
-        ) from None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"--model_kwargs must be a JSON object (config fields and values), got {text!r}.")
-    return overrides
-
-
 def _hub_options(model_args):
     return {
         "cache_dir": model_args.cache_dir,
@@ -246,7 +228,7 @@ def load_config(model_args, **config_kwargs):
         flag, name = "--config_name", model_args.config_name
     else:
         flag, name = "--model_name_or_path", model_args.model_name_or_path
-    overrides = parse_model_kwargs(model_args.model_kwargs)
+    overrides = json_object(model_args.model_kwargs)
     try:
         config = AutoConfig.from_pretrained(name, **_hub_options(model_args))
     except OSError as error:

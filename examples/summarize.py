@@ -20,17 +20,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from lsg_bart.cli import OneLineErrorParser
+
 logger = logging.getLogger("summarize")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """`argparse.ArgumentParser` whose errors are one line (the usage is for --help)."""
-
-    def error(self, message):
-        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():

@@ -44,6 +44,7 @@ except ImportError:  # Windows: no advisory locks, so leftovers of killed runs a
     fcntl = None
 
 from . import REMOTE_CODE_FILES
+from .cli import OneLineErrorParser, json_object, one_line
 
 # torch, transformers and the model code are imported where they are first needed (they take seconds to load):
 # `--help`, argument errors and the output-path checks answer before that.
@@ -235,20 +236,6 @@ def make_global_embeddings(
 # ---------------------------------------------------------------------------------------------------------------
 # Checking the request
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def json_object(text):
-    """`--model_kwargs` text as a dict; `ValueError` naming the flag unless it is a JSON object (or empty)."""
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"--model_kwargs is not valid JSON ({error}): {text!r}; expected an object such as "
-            '\'{"block_size": 128, "sparsity_type": "norm"}\''
-        ) from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--model_kwargs must be a JSON object (a dict of config fields), got {text!r}")
-    return value
 
 
 def parse_model_kwargs(model_kwargs):
@@ -1110,18 +1097,6 @@ def convert_checkpoint(
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def one_line(text):
-    """`text` with its lines joined by spaces (messages from transformers and huggingface_hub span several)."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """`argparse.ArgumentParser` whose errors are one line: `PROG: error: MESSAGE` (the usage is for --help)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def build_parser():
