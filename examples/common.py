@@ -21,8 +21,8 @@ SPLIT_FILE_FLAGS = {"train": "--train_file", "validation": "--validation_file", 
 
 
 @dataclass
-class BaseModelArguments:
-    """Which checkpoint to fine-tune (each example adds its `model_kwargs` field, with its own example)."""
+class ModelArguments:
+    """Which checkpoint to fine-tune, and config fields to override."""
 
     model_name_or_path: str = field(
         metadata={"help": "Path or Hub id of an LSG-BART checkpoint (see lsg-bart-convert)."}
@@ -35,6 +35,10 @@ class BaseModelArguments:
     trust_remote_code: bool = field(
         default=True,
         metadata={"help": "Run the checkpoint's own modelling code (LSG checkpoints ship it; needed to load them)."},
+    )
+    model_kwargs: str | None = field(
+        default=None,
+        metadata={"help": 'JSON object of config overrides, e.g. \'{"sparsity_type": "pooling", "dropout": 0.0}\'.'},
     )
 
 

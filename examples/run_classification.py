@@ -29,19 +29,9 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, also when imported from a file path
 import common  # noqa: E402
-from common import BaseDataArguments, BaseModelArguments  # noqa: E402
+from common import BaseDataArguments, ModelArguments  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments(BaseModelArguments):
-    """Which checkpoint to fine-tune."""
-
-    model_kwargs: str | None = field(
-        default=None,
-        metadata={"help": "JSON object of config overrides, e.g. '{\"classifier_dropout\": 0.1}'."},
-    )
 
 
 @dataclass

@@ -32,7 +32,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqT
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, also when imported from a file path
 import common  # noqa: E402
-from common import BaseDataArguments, BaseModelArguments  # noqa: E402
+from common import BaseDataArguments, ModelArguments  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ SUMMARIZATION_COLUMNS = {
     "xsum": ("document", "summary"),
     "EdinburghNLP/xsum": ("document", "summary"),
 }
-
-
-@dataclass
-class ModelArguments(BaseModelArguments):
-    """Which checkpoint to fine-tune."""
-
-    model_kwargs: str | None = field(
-        default=None,
-        metadata={"help": 'JSON object of config overrides, e.g. \'{"sparsity_type": "pooling", "dropout": 0.0}\'.'},
-    )
 
 
 @dataclass
