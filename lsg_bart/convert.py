@@ -1031,12 +1031,15 @@ def convert_checkpoint(
         ValueError: a bad argument or output path, a source that is not BART, invalid LSG settings.
         FileExistsError: a non-empty output folder without `overwrite`, or one that is not a checkpoint.
     """
+    # The checks that need neither torch nor transformers come first: they answer at once.
     output = check_output_path(model_name, initial_model)
     _check_length(max_sequence_length)
     _check_dtype(dtype)
-    parse_model_kwargs(model_kwargs)
+    if architecture is not None:
+        resolve_architecture(architecture, {})
     remove_leftovers(output)
     check_replaceable(output, overwrite)
+    parse_model_kwargs(model_kwargs)
 
     start = time.perf_counter()
     model, tokenizer, info = convert_model(

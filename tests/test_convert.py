@@ -758,10 +758,23 @@ def test_cli_errors_exit_2_on_one_line(arguments, message, tiny_bart, tmp_path, 
 
 
 ANSWERS_BEFORE_HEAVY_IMPORTS = r"""
-import sys
+import importlib.abc, os, sys
+
+
+class Unimportable(importlib.abc.MetaPathFinder):  # as if torch and transformers were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "safetensors"):
+            raise ImportError(f"{name} is blocked in this process")
+
+
+sys.meta_path.insert(0, Unimportable())
+os.makedirs("used/notes")
 from lsg_bart.convert import main
 for argv in (["--help"], ["--initial_model", "x"], ["--initial_model", "x", "--model_name", "."],
-             ["--initial_model", "x", "--model_name", "y", "--model_kwargs", "{oops"]):
+             ["--initial_model", "x", "--model_name", "y", "--model_kwargs", "{oops"],
+             ["--initial_model", "x", "--model_name", "y", "--architecture", "BartForMagic"],
+             ["--initial_model", "x", "--model_name", "y", "--max_sequence_length", "0"],
+             ["--initial_model", "x", "--model_name", "used"]):
     try:
         main(argv)
     except SystemExit as exit:
@@ -771,7 +784,8 @@ print(sorted(name for name in ("torch", "transformers", "safetensors") if name i
 
 
 def test_help_and_argument_errors_answer_before_heavy_imports(tmp_path):
-    """`--help` and argument errors print before torch and transformers load (they take seconds): under 2 s."""
+    """`--help` and the argument errors that need no model answer with torch and transformers unimportable (they
+    take seconds to load)."""
     result = subprocess.run([sys.executable, "-c", ANSWERS_BEFORE_HEAVY_IMPORTS], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -784,8 +798,11 @@ def test_help_and_argument_errors_answer_before_heavy_imports(tmp_path):
         "--model_name '.' is the current directory (" + str(tmp_path.resolve()) + ")",
         "--model_kwargs is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
         "(char 1)): '{oops'",
+        "unknown architecture 'BartForMagic' (--architecture)",
+        "invalid max_sequence_length=0",
+        "output folder 'used' is not empty",
     ]
-    assert result.stderr.count("exit 0") == 1 and result.stderr.count("exit 2") == 3
+    assert result.stderr.count("exit 0") == 1 and result.stderr.count("exit 2") == 6
 
 
 def test_cli_refuses_non_empty_output(tiny_bart, tmp_path, capsys):
