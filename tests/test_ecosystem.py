@@ -183,3 +183,19 @@ for candidate in (quantized, weight_only):
 print(linears, replaced, shapes)
 """
     assert run_fresh(code).strip().splitlines()[-1] == "33 33 [(2, 6), (2, 6)]"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_summarization_pipeline_runs_an_int8_model():
+    from lsg_bart.modeling_lsg_bart import LSGBartSummarizationPipeline
+    from lsg_bart.tiny import build_tokenizer, sample_text
+
+    tokenizer = build_tokenizer(model_max_length=1024)
+    torch.manual_seed(0)
+    model = LSGBartForConditionalGeneration(tiny_config(vocab_size=len(tokenizer), dropout=0.0)).eval()
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    summarizer = LSGBartSummarizationPipeline(model=quantized, tokenizer=tokenizer)
+    long_text = sample_text(2000, 3)
+    assert len(tokenizer(long_text)["input_ids"]) > 1024  # truncated to the model's length by the pipeline
+    [result] = summarizer(long_text, max_new_tokens=5, min_new_tokens=5, num_beams=2)
+    assert isinstance(result["summary_text"], str) and result["summary_text"]
