@@ -75,7 +75,8 @@ REGISTERED = []
 
 
 def importing_a_submodule():
-    """Whether one of this package's modules is being imported now (so that it cannot be imported again yet)."""
+    """Whether one of this package's modules is being imported now (so that it cannot be imported again yet):
+    importlib marks a module's spec `_initializing` while its code runs."""
     return any(
         getattr(getattr(module, "__spec__", None), "_initializing", False)
         for name, module in list(sys.modules.items())
@@ -98,8 +99,12 @@ class RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
 
             def exec_module(module):
                 load(module)
-                if not importing_a_submodule():
+                if importing_a_submodule():
+                    return
+                try:
                     register_auto_classes()
+                except ImportError:  # e.g. no torch: `import transformers` must still work; using the package says why
+                    pass
 
             spec.loader.exec_module = exec_module
         return spec

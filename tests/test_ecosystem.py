@@ -199,3 +199,23 @@ def test_the_summarization_pipeline_runs_an_int8_model():
     assert len(tokenizer(long_text)["input_ids"]) > 1024  # truncated to the model's length by the pipeline
     [result] = summarizer(long_text, max_new_tokens=5, min_new_tokens=5, num_beams=2)
     assert isinstance(result["summary_text"], str) and result["summary_text"]
+
+
+def test_transformers_still_imports_when_the_registration_cannot_run():
+    """Without torch (blocked here), `import transformers` after `import lsg_bart` works; using the package then
+    says what is missing."""
+    code = """
+import sys
+
+sys.modules["torch"] = None  # as if torch were not installed: imports fail, find_spec finds nothing
+import lsg_bart
+import transformers
+print("transformers imported")
+try:
+    from lsg_bart import LSGBartConfig
+except ImportError as error:
+    print("package:", error)
+"""
+    printed = run_fresh(code).splitlines()
+    assert printed[-2][:21] == "transformers imported" and printed[-1].startswith("package: ")
+    assert "torch" in printed[-1]
