@@ -7,12 +7,15 @@ module (the first thing every remote-code file does) stops with one line naming 
 range; the range is what CI tests (`.ci/version_matrix.sh`).
 """
 
+import functools
 import re
 import sys
 
 OLDEST_PYTHON = (3, 9)
 OLDEST_TORCH = "2.1.0"
 OLDEST_SUPPORTED = "4.46.0"  # transformers
+# The oldest release of each package and the range CI tests it over.
+RANGES = {"torch": (OLDEST_TORCH, "2.1 to the newest release"), "transformers": (OLDEST_SUPPORTED, "4.46 to 5.x")}
 
 
 def major_minor(text):
@@ -30,22 +33,14 @@ def require_python(installed):
         )
 
 
-def require_torch(installed):
-    """Raise a one-line `ImportError` naming `installed` and the supported range when it is below the range."""
-    if major_minor(installed) < major_minor(OLDEST_TORCH):
+def require_release(package, installed):
+    """Raise a one-line `ImportError` naming `installed` (a release of `package`: "torch" or "transformers") and
+    the supported range when it is below the range."""
+    oldest, tested = RANGES[package]
+    if major_minor(installed) < major_minor(oldest):
         raise ImportError(
-            f"LSG-BART needs torch>={OLDEST_TORCH} (tested from 2.1 to the newest release); this environment has "
-            f"torch {installed}: pip install -U 'torch>={OLDEST_TORCH}'"
-        )
-
-
-def require_supported(installed):
-    """Raise a one-line `ImportError` naming `installed` (transformers) and the supported range when it is below
-    the range."""
-    if major_minor(installed) < major_minor(OLDEST_SUPPORTED):
-        raise ImportError(
-            f"LSG-BART needs transformers>={OLDEST_SUPPORTED} (tested from 4.46 to 5.x); this environment has "
-            f"transformers {installed}: pip install -U 'transformers>={OLDEST_SUPPORTED}'"
+            f"LSG-BART needs {package}>={oldest} (tested from {tested}); this environment has {package} "
+            f"{installed}: pip install -U '{package}>={oldest}'"
         )
 
 
@@ -54,11 +49,11 @@ require_python(sys.version_info)
 
 import torch  # noqa: E402
 
-require_torch(torch.__version__)
+require_release("torch", torch.__version__)
 
 import transformers  # noqa: E402
 
-require_supported(transformers.__version__)
+require_release("transformers", transformers.__version__)
 TRANSFORMERS_VERSION = major_minor(transformers.__version__)
 
 import dataclasses  # noqa: E402
@@ -97,6 +92,7 @@ except ImportError:
     flex_attention = create_block_mask = None
 
 
+@functools.lru_cache(maxsize=None)  # asked at every forward pass that requests `flex`
 def triton_available():
     """Whether `torch.compile` can build GPU kernels here (it needs Triton, which many CUDA installs lack)."""
     try:

@@ -390,9 +390,9 @@ class LSGBartCrossAttention(BartAttention):
     `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
     together to its keys and values. `generate` projects those once, before the first decoding step
     (`encoder_keys_values`), so that a decoding step reads them and has nothing to decide: no copy per beam,
-    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights are returned,
-    one (h, q, S) block per decoder row, with `output_attentions=True` under `attn_implementation="eager"` (as BART
-    returns its own).
+    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights, one (h, q, S)
+    block per decoder row, are written out and returned when `output_attentions=True` is passed down or under
+    `attn_implementation="eager"` (as BART's eager attention does); otherwise the fused kernel runs.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
