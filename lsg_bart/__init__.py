@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 # The remote-code files: what a checkpoint folder carries so that it loads with `trust_remote_code=True`.
 REMOTE_CODE_FILES = (
     "configuration_lsg_bart.py",
+    "lsg_settings.py",
     "modeling_lsg_bart.py",
     "lsg_attention.py",
     "lsg_kernels.py",

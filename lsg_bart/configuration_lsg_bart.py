@@ -1,14 +1,17 @@
 """Configuration of LSG-BART: BART with Local + Sparse + Global attention in the encoder."""
 
-import typing
 from typing import Optional
 
 from .compat import ConfigBase, config_class
-
-SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
-# The attention kernels (lsg_kernels.KERNELS), or "auto" to let the model choose per call.
-LSG_KERNELS = ("auto", "reference", "flex", "eager", "sdpa", "cpu_two_part", "cpu_bf16_scores")
-MAX_GLOBAL_TOKENS = 512
+from .lsg_settings import (
+    LSG_DEFAULTS,
+    LSG_FIELDS,
+    LSG_KERNELS,
+    MAX_GLOBAL_TOKENS,
+    SPARSITY_TYPES,
+    check_field,
+    check_lsg_settings,
+)
 
 # transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one (used on 4.x too).
 CUSTOM_PIPELINES = {
@@ -81,18 +84,18 @@ class LSGBartConfig(ConfigBase):
 
     model_type = "lsg_bart"
 
-    adaptive: bool = True
-    block_size: int = 128
-    sparse_block_size: int = 128
-    sparsity_factor: int = 2
-    sparsity_type: str = "norm"
-    num_global_tokens: int = 1
-    mask_first_token: bool = False
-    pass_global_tokens_to_decoder: bool = True
-    pool_with_global: bool = True
-    lsh_num_pre_rounds: int = 1
-    lsh_seed: Optional[int] = None
-    lsg_kernel: str = "auto"
+    adaptive: bool = LSG_DEFAULTS["adaptive"]
+    block_size: int = LSG_DEFAULTS["block_size"]
+    sparse_block_size: int = LSG_DEFAULTS["sparse_block_size"]
+    sparsity_factor: int = LSG_DEFAULTS["sparsity_factor"]
+    sparsity_type: str = LSG_DEFAULTS["sparsity_type"]
+    num_global_tokens: int = LSG_DEFAULTS["num_global_tokens"]
+    mask_first_token: bool = LSG_DEFAULTS["mask_first_token"]
+    pass_global_tokens_to_decoder: bool = LSG_DEFAULTS["pass_global_tokens_to_decoder"]
+    pool_with_global: bool = LSG_DEFAULTS["pool_with_global"]
+    lsh_num_pre_rounds: int = LSG_DEFAULTS["lsh_num_pre_rounds"]
+    lsh_seed: Optional[int] = LSG_DEFAULTS["lsh_seed"]
+    lsg_kernel: str = LSG_DEFAULTS["lsg_kernel"]
 
     def __post_init__(self, **kwargs):
         # Legacy checkpoints (model_type "bart") carry the original package's prefix and auto_map; this class replaces both.
@@ -119,89 +122,14 @@ class LSGBartConfig(ConfigBase):
         built, when a model is built from it, and at every encoder forward pass: fields set one by one may pass
         through a combination that is invalid until the last of them is set."""
         if name in LSG_FIELDS:
-            check_type(name, value)
-            problem = FIELD_CHECKS.get(name, lambda value: None)(value)
-            if problem:
-                raise ValueError(f"LSGBartConfig: invalid `{name}`={value!r}; {problem}.")
+            check_field(name, value)
         return assign(self, name, value)
 
     def check_lsg_settings(self):
         """`ValueError` naming the field, its value and what is allowed, for settings that do not fit together
         (and for any field that is invalid on its own)."""
-
-        def fail(field, allowed):
-            raise ValueError(f"LSGBartConfig: invalid `{field}`={getattr(self, field)!r}; {allowed}.")
-
-        for field in LSG_FIELDS:
-            check_type(field, getattr(self, field))
-            problem = FIELD_CHECKS.get(field, lambda value: None)(getattr(self, field))
-            if problem:
-                fail(field, problem)
-        if self.block_size % self.sparsity_factor != 0:
-            fail("sparsity_factor", f"it must divide block_size={self.block_size}")
-        if self.sparsity_type in ("norm", "lsh") and self.sparse_block_size > 0:
-            chunk = min(self.block_size, self.sparse_block_size)
-            if self.block_size % chunk != 0 or chunk % self.sparsity_factor != 0:
-                fail(
-                    "sparse_block_size",
-                    f"with sparsity_type={self.sparsity_type!r}, min(block_size, sparse_block_size) must divide "
-                    f"block_size={self.block_size} and be a multiple of sparsity_factor={self.sparsity_factor}",
-                )
-        positions = getattr(self, "max_position_embeddings", None)
-        if isinstance(positions, int) and positions > 2 * self.block_size and positions % self.block_size:
-            # Inputs are padded to a multiple of block_size: the longest ones would not fit.
-            fail(
-                "block_size",
-                f"it must divide max_position_embeddings={positions} (the nearest valid values are "
-                f"{' and '.join(map(str, nearest_block_sizes(positions, self.block_size, self.sparsity_factor)))})",
-            )
+        settings = {field: getattr(self, field) for field in LSG_FIELDS}
+        check_lsg_settings(settings, getattr(self, "max_position_embeddings", None))
 
 
-def one_of(choices):
-    return lambda value: None if value in choices else f"expected one of {', '.join(choices)}"
-
-
-def at_least(lowest, allowed):
-    return lambda value: None if value >= lowest else allowed
-
-
-# What each LSG field allows on its own (None when `value` is fine); `check_lsg_settings` adds how they must agree.
-FIELD_CHECKS = {
-    "sparsity_type": one_of(SPARSITY_TYPES),
-    "lsg_kernel": one_of(LSG_KERNELS),
-    "block_size": at_least(1, "expected a positive integer"),
-    "sparse_block_size": at_least(0, "expected 0 (no sparse attention) or a positive integer"),
-    "sparsity_factor": at_least(1, "expected a positive integer"),
-    "num_global_tokens": lambda value: (
-        None if 1 <= value <= MAX_GLOBAL_TOKENS else f"expected an integer from 1 to {MAX_GLOBAL_TOKENS}"
-    ),
-    "lsh_num_pre_rounds": at_least(0, "expected 0 or a positive integer"),
-}
-
-
-def check_type(field, value):
-    """`ValueError` unless `value` has the type of LSG field `field` (an int is no bool here)."""
-    kinds = LSG_FIELDS[field]
-    if not any(value is None if kind is type(None) else is_exactly(value, kind) for kind in kinds):
-        expected = " or ".join(KIND_NAMES[kind] for kind in kinds)
-        raise ValueError(f"LSGBartConfig: invalid `{field}`={value!r}; expected {expected}.")
-
-
-def is_exactly(value, kind):
-    return isinstance(value, kind) and isinstance(value, bool) == (kind is bool)
-
-
-def nearest_block_sizes(positions, block_size, factor):
-    """The block sizes that divide `positions` and are multiples of `factor` just below and above `block_size`."""
-    valid = [size for size in range(factor, positions + 1, factor) if positions % size == 0]
-    below = [size for size in valid if size < block_size][-1:]
-    above = [size for size in valid if size > block_size][:1]
-    return below + above
-
-
-# The LSG fields and the types each accepts, e.g. "lsh_seed": (int, NoneType).
-LSG_FIELDS = {name: typing.get_args(kind) or (kind,) for name, kind in LSGBartConfig.__annotations__.items()}
-KIND_NAMES = {bool: "true or false", int: "an integer", str: "a string", type(None): "None"}
-
-
-__all__ = ["LSGBartConfig", "SPARSITY_TYPES"]
+__all__ = ["LSG_KERNELS", "MAX_GLOBAL_TOKENS", "SPARSITY_TYPES", "LSGBartConfig"]

@@ -30,6 +30,7 @@ from lsg_bart import (
     LSGBartForConditionalGeneration,
     LSGBartForSequenceClassification,
 )
+from lsg_bart import checkpoint_test, convert_weights, safe_output
 from lsg_bart import convert as convert_module
 from lsg_bart.convert import (
     SUPPORTED_ARCHITECTURES,
@@ -166,8 +167,6 @@ def test_global_rows_from_long_positions_every_kth_row():
     torch.testing.assert_close(positional_global_rows(positions, 2), positions[:2048:4])
     with pytest.raises(ValueError, match="global_positional_stride"):
         positional_global_rows(positions, 96 * 4)
-    with pytest.raises(ValueError, match="global_positional_stride"):
-        positional_global_rows(positions, 0)
 
 
 def test_tile_positions_cuts_and_tiles():
@@ -481,7 +480,7 @@ def test_interrupted_run_leaves_no_partial_folder(tiny_bart, tmp_path, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_module, "model_card", interrupted)  # after the weights are written
+    monkeypatch.setattr(convert_weights, "model_card", interrupted)  # after the weights are written
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(tiny_bart, tmp_path / "new", 256, model_kwargs=SMALL_LSG)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
@@ -497,9 +496,9 @@ def test_overwrite_replaces_a_previous_checkpoint_only(tiny_bart, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
+    with pytest.raises(FileExistsError, match="not empty; pass overwrite=True to replace it"):
         convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG)
-    with pytest.raises(FileExistsError, match=r"would remove everything in .*\(notes.txt\), but notes.txt is not part"):
+    with pytest.raises(FileExistsError, match=r"overwrite=True would remove everything in .*\(notes.txt\), but notes"):
         convert_checkpoint(tiny_bart, out, 256, model_kwargs=SMALL_LSG, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     (out / "notes.txt").unlink()
@@ -537,6 +536,15 @@ def _hidden(folder):
     return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
 
 
+# The converter's functions where a killed run is stopped, and their modules.
+POINT_MODULES = {
+    "save_converted": convert_module,
+    "model_card": convert_weights,
+    "_test_inputs": checkpoint_test,
+    "push_folder_to_hub": convert_module,
+}
+
+
 def _killed_conversion(point, source, output, **kwargs):
     """Run `convert_checkpoint(source, output, 256, ...)` in a forked child, stop it at `point` and SIGKILL it there.
 
@@ -564,7 +572,7 @@ def _killed_conversion(point, source, output, **kwargs):
 
                 os.replace = replace
             else:
-                setattr(convert_module, point, lambda *args, **kw: stop())
+                setattr(POINT_MODULES[point], point, lambda *args, **kw: stop())
             convert_checkpoint(source, output, 256, model_kwargs=SMALL_LSG, **kwargs)
         finally:
             os._exit(1)
@@ -611,8 +619,8 @@ def test_sigkill_between_the_renames_of_overwrite_puts_the_old_output_back(tiny_
 
 def test_leftovers_of_running_or_other_conversions_are_left_alone(tiny_bart, tmp_path):
     output = tmp_path / "lsg"
-    running, marker = convert_module._start_work(output)  # a live run holds its marker's lock
-    other, other_marker = convert_module._start_work(tmp_path / "lsg.v2")  # `.lsg.v2.*.tmp` starts like ours
+    running, marker = safe_output._start_work(output)  # a live run holds its marker's lock
+    other, other_marker = safe_output._start_work(tmp_path / "lsg.v2")  # `.lsg.v2.*.tmp` starts like ours
     other_marker.close()  # dead, but another output's: that output's next run removes it
     foreign = tmp_path / ".lsg.mine.tmp"  # same pattern, not made by the converter
     foreign.mkdir()
@@ -629,9 +637,9 @@ def test_leftovers_of_running_or_other_conversions_are_left_alone(tiny_bart, tmp
 
 def test_without_file_locks_leftovers_are_named(tiny_bart, tmp_path, monkeypatch):
     output = tmp_path / "lsg"
-    work, marker = convert_module._start_work(output)
+    work, marker = safe_output._start_work(output)
     marker.close()
-    monkeypatch.setattr(convert_module, "fcntl", None)  # Windows
+    monkeypatch.setattr(safe_output, "fcntl", None)  # Windows
     with pytest.warns(ConversionWarning, match=f"{work.name} was left by an interrupted conversion"):
         convert_checkpoint(tiny_bart, output, 256, model_kwargs=SMALL_LSG)
     assert work.exists()
@@ -672,6 +680,28 @@ def test_clear_errors(kwargs, message, tiny_bart, tmp_path):
     with pytest.raises(ValueError, match=message):
         convert_checkpoint(tiny_bart, tmp_path / "out", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_model_kwargs_fields_cover_the_installed_config():
+    """The converter knows the config fields without importing transformers: every field of the installed
+    BartConfig (and its aliases) is accepted, and the LSG fields are those that LSGBartConfig declares, with the
+    types and defaults of `lsg_settings` (which the config's own checks use)."""
+    import typing
+
+    from lsg_bart.configuration_lsg_bart import LSGBartConfig
+    from lsg_bart.convert_options import CONFIG_FIELDS, SET_BY_CONVERTER
+    from lsg_bart.lsg_settings import LSG_FIELDS
+
+    config = BartConfig()
+    fields = {key for key in config.to_dict() if not key.startswith("_")} | set(config.attribute_map)
+    fields -= {"model_type", "transformers_version"} | set(SET_BY_CONVERTER)
+    assert fields <= CONFIG_FIELDS, fields - CONFIG_FIELDS
+    assert not CONFIG_FIELDS & set(LSG_FIELDS)
+    declared = {name: typing.get_args(kind) or (kind,) for name, kind in LSGBartConfig.__annotations__.items()}
+    assert declared == {name: kinds for name, (kinds, _) in LSG_FIELDS.items()}
+    assert {name: getattr(LSGBartConfig(), name) for name in LSG_FIELDS} == {
+        name: default for name, (_, default) in LSG_FIELDS.items()
+    }
 
 
 def test_errors_about_the_source(t5_like, tmp_path):
@@ -758,7 +788,7 @@ def test_cli_errors_exit_2_on_one_line(arguments, message, tiny_bart, tmp_path, 
 
 
 ANSWERS_BEFORE_HEAVY_IMPORTS = r"""
-import importlib.abc, os, sys
+import contextlib, importlib.abc, io, json, os, sys
 
 
 class Unimportable(importlib.abc.MetaPathFinder):  # as if torch and transformers were not installed
@@ -769,40 +799,93 @@ class Unimportable(importlib.abc.MetaPathFinder):  # as if torch and transformer
 
 sys.meta_path.insert(0, Unimportable())
 os.makedirs("used/notes")
-from lsg_bart.convert import main
-for argv in (["--help"], ["--initial_model", "x"], ["--initial_model", "x", "--model_name", "."],
-             ["--initial_model", "x", "--model_name", "y", "--model_kwargs", "{oops"],
-             ["--initial_model", "x", "--model_name", "y", "--architecture", "BartForMagic"],
-             ["--initial_model", "x", "--model_name", "y", "--max_sequence_length", "0"],
-             ["--initial_model", "x", "--model_name", "used"]):
-    try:
-        main(argv)
-    except SystemExit as exit:
-        print("exit", exit.code, file=sys.stderr)
+os.makedirs("src")
+with open("src/config.json", "w") as f:  # a BART source: its config is all the checks read
+    json.dump({"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "max_position_embeddings": 1024}, f)
+from lsg_bart.convert import convert_checkpoint, main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            if argv[0] == "python":  # the Python API: convert_checkpoint(*args, **kwargs)
+                convert_checkpoint(*argv[1], **argv[2])
+            else:
+                main(argv)
+        except SystemExit as exit:
+            results.append({"code": exit.code, "message": err.getvalue()})
+        except (ValueError, FileExistsError) as error:
+            results.append({"code": type(error).__name__, "message": str(error)})
+        else:
+            results.append({"code": "no error", "message": err.getvalue()})
+print(json.dumps(results))
 print(sorted(name for name in ("torch", "transformers", "safetensors") if name in sys.modules))
 """
 
+SOURCE = ["--initial_model", "src", "--model_name", "y"]
+# Each argument error, and the start of its one-line message (after "lsg-bart-convert: error: ").
+ARGUMENT_ERRORS = [
+    (["--initial_model", "x"], "the following arguments are required: --model_name"),
+    (["--initial_model", "x", "--model_name", "."], "--model_name '.' is the current directory ({cwd})"),
+    (["--initial_model", "x", "--model_name", "used"], "output folder 'used' is not empty; pass --overwrite to "
+     "replace it"),
+    (["--initial_model", "x", "--model_name", "used", "--overwrite"], "--overwrite would remove everything in "
+     "'used' (notes/), but notes/ is not part of a BART / LSG-BART checkpoint"),
+    (SOURCE + ["--architecture", "BartForMagic"], "unknown architecture 'BartForMagic' (--architecture)"),
+    (SOURCE + ["--model_kwargs", "{oops"], "--model_kwargs is not valid JSON (Expecting property name enclosed in "
+     "double quotes: line 1 column 2 (char 1)): '{oops'"),
+    (SOURCE + ["--model_kwargs", "[1, 2]"], "--model_kwargs must be a JSON object"),
+    (SOURCE + ["--model_kwargs", '{"sparsity_typ": "norm"}'], "--model_kwargs has unknown config field(s) "
+     "'sparsity_typ' (did you mean 'sparsity_type'?)"),
+    (SOURCE + ["--model_kwargs", '{"max_position_embeddings": 512}'], "--model_kwargs sets "
+     "'max_position_embeddings', which the converter sets from --max_sequence_length"),
+    (SOURCE + ["--model_kwargs", '{"sparsity_type": "fancy"}'], "invalid LSG settings: LSGBartConfig: invalid "
+     "`sparsity_type`='fancy'"),
+    (SOURCE + ["--model_kwargs", '{"block_size": 16, "sparsity_factor": 3}'], "invalid LSG settings: "
+     "LSGBartConfig: invalid `sparsity_factor`=3"),
+    (SOURCE + ["--max_sequence_length", "0"], "invalid max_sequence_length=0"),
+    (SOURCE + ["--max_sequence_length", "-3"], "invalid max_sequence_length=-3"),
+    (SOURCE + ["--max_sequence_length", "2.5"], "argument --max_sequence_length: invalid int value: '2.5'"),
+    (SOURCE + ["--max_sequence_length", "200", "--model_kwargs", '{"block_size": 16}'], "invalid LSG settings: "
+     "max_sequence_length=200 is not a multiple of block_size=16"),
+    (SOURCE + ["--max_sequence_length", "1000"], "invalid LSG settings: max_sequence_length=1000 is not a multiple "
+     "of block_size=128"),  # the config's default block size
+    (SOURCE + ["--global_positional_stride", "0"], "invalid global_positional_stride=0"),
+    (SOURCE + ["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+    (SOURCE + ["--resize_lsg"], "--resize_lsg needs an LSG-BART source"),
+    (["--initial_model", "used", "--model_name", "y"], "cannot read a model config from 'used'"),
+    # The Python API: the same checks, with the options named as Python arguments.
+    (["python", ["src", "used"], {}], "output folder 'used' is not empty; pass overwrite=True to replace it"),
+    (["python", ["src", "used"], {"overwrite": True}], "overwrite=True would remove everything in 'used'"),
+    (["python", ["src", "y"], {"dtype": "float64"}], "invalid dtype='float64'"),
+    (["python", ["src", "y", 4000], {"model_kwargs": {"block_size": 64}}], "invalid LSG settings: "
+     "max_sequence_length=4000 is not a multiple of block_size=64, so an input of that length would be padded past "
+     "the position table; use 3968 or 4032"),
+]
+
 
 def test_help_and_argument_errors_answer_before_heavy_imports(tmp_path):
-    """`--help` and the argument errors that need no model answer with torch and transformers unimportable (they
-    take seconds to load)."""
-    result = subprocess.run([sys.executable, "-c", ANSWERS_BEFORE_HEAVY_IMPORTS], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    """`--help` and every argument error (options, output path, output folder, LSG settings against the source's
+    config) answer with torch and transformers unimportable: they take seconds to load."""
+    cases = [["--help"]] + [argv for argv, _ in ARGUMENT_ERRORS]
+    result = subprocess.run([sys.executable, "-c", ANSWERS_BEFORE_HEAVY_IMPORTS, json.dumps(cases)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
-    help_text = " ".join(result.stdout.split())
+    *help_lines, results, imported = result.stdout.strip().splitlines()
+    assert imported == "[]"
+    help_text = " ".join(" ".join(help_lines).split())
     assert "Costs 5 loads of the checkpoint and one full-length encoder pass" in help_text  # --run_test's cost
-    errors = [line for line in result.stderr.splitlines() if line.startswith("lsg-bart-convert: error:")]
-    assert [line.split(": error: ")[1].split(";")[0] for line in errors] == [
-        "the following arguments are required: --model_name",
-        "--model_name '.' is the current directory (" + str(tmp_path.resolve()) + ")",
-        "--model_kwargs is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
-        "(char 1)): '{oops'",
-        "unknown architecture 'BartForMagic' (--architecture)",
-        "invalid max_sequence_length=0",
-        "output folder 'used' is not empty",
-    ]
-    assert result.stderr.count("exit 0") == 1 and result.stderr.count("exit 2") == 6
+    results = json.loads(results)
+    assert results[0] == {"code": 0, "message": ""}
+    for (argv, expected), got in zip(ARGUMENT_ERRORS, results[1:]):
+        expected = expected.replace("{cwd}", str(tmp_path.resolve()))
+        if argv[0] == "python":
+            assert got["code"] in ("ValueError", "FileExistsError") and got["message"].startswith(expected), got
+        else:
+            assert got["code"] == 2, got
+            assert got["message"].startswith(f"lsg-bart-convert: error: {expected}"), (argv, got)
+            assert len(got["message"].splitlines()) == 1, got
 
 
 def test_cli_refuses_non_empty_output(tiny_bart, tmp_path, capsys):

@@ -1,0 +1,1 @@
+lsg_bart/lsg_settings.py
