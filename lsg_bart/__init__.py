@@ -20,6 +20,9 @@ REMOTE_CODE_FILES = (
     "modeling_lsg_bart.py",
     "lsg_attention.py",
     "lsg_kernels.py",
+    "cpu_linear.py",
+    "cross_attention.py",
+    "pipeline_lsg_bart.py",
     "compat.py",
 )
 

@@ -8,6 +8,7 @@ range; the range is what CI tests (`.ci/version_matrix.sh`).
 """
 
 import functools
+import os
 import re
 import sys
 
@@ -84,6 +85,23 @@ def autocast_enabled(device_type):
     if TORCH_VERSION >= (2, 4):
         return torch.is_autocast_enabled(device_type)
     return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+# Private and optional ops differ between builds and CPUs (oneDNN's bfloat16 products need AVX-512, for instance):
+# each is probed once on tiny inputs against public ops, and used only where its probe passes.
+# LSG_BART_PUBLIC_OPS=1 fails every probe, leaving public ops with the same results.
+PUBLIC_OPS_ONLY = os.environ.get("LSG_BART_PUBLIC_OPS", "") not in ("", "0")
+
+
+def probe(check):
+    """Whether `check()` returns True; False if it raises (a missing op, an unsupported dtype or CPU) or when
+    `LSG_BART_PUBLIC_OPS` is set."""
+    if PUBLIC_OPS_ONLY:
+        return False
+    try:
+        return bool(check())
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError):  # TypeError: an older op's signature
+        return False
 
 
 try:  # torch 2.5

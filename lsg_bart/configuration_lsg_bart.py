@@ -16,7 +16,7 @@ from .lsg_settings import (
 # transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one (used on 4.x too).
 CUSTOM_PIPELINES = {
     "summarization": {
-        "impl": "modeling_lsg_bart.LSGBartSummarizationPipeline",
+        "impl": "pipeline_lsg_bart.LSGBartSummarizationPipeline",
         "pt": ["AutoModelForSeq2SeqLM"],
         "tf": [],
         "type": "text",

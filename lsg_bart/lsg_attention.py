@@ -13,20 +13,45 @@ tpb = bs / f sparse tokens per block. Masks are boolean, True for a visible key,
 so that one function handles keys (..., d) and masks (..., 1) alike.
 """
 
+from typing import Any, NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .lsg_kernels import (
-    BLOCK_KERNELS,
-    SEQUENCE_KERNELS,
-    TOKEN_CHUNK,
-    UNFOLD_BACKWARD,
-    attend,
-    chunk_starts,
-    cpu_tuning,
-    tracing,
-)
+from .compat import probe
+from .lsg_kernels import Kernel, KeySets
+
+# PyTorch's own unfold backward, for windows whose step does not divide their size.
+UNFOLD_BACKWARD = probe(lambda: torch.ops.aten.unfold_backward(torch.ones(1, 2, 3), (1, 5), 1, 3, 2).sum() == 6)
+
+
+class AttentionInputs(NamedTuple):
+    """A layer's queries, keys and values, laid out so that every local window is a view of the keys."""
+
+    query: torch.Tensor  # (n, h, T, d)
+    key: torch.Tensor  # (n, h, margin + T + bs, d): the T tokens start at `margin`, with zeros around them
+    value: torch.Tensor  # (n, h, margin + T + bs, d)
+    visible: torch.Tensor  # (n, 1, T, 1) bool
+    margin: int
+
+
+class AttentionSettings(NamedTuple):
+    """How one layer attends: the LSG settings, the kernel the encoder chose, the scale and dropout of the scores."""
+
+    config: Any  # an `LSGBartConfig`
+    kernel: Kernel
+    scale: float
+    dropout: float
+    layer_idx: Optional[int] = None  # seeds the `lsh` selector, layer by layer
+
+
+def chunk_starts(total, size):
+    """The first index of each `size`-long chunk of `total` (all of it for None). One chunk is `(0,)`, not a
+    `range`: a `range` over a length that torch.export keeps symbolic would fix the exported graph to the example
+    input's length."""
+    return (0,) if size is None or size >= total else range(0, total, size)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Blocks and windows
@@ -63,44 +88,20 @@ class OverlappingWindows(torch.autograd.Function):
         return grad, None, None
 
 
-def windows(x, size, step):
-    """`OverlappingWindows`, or the plain `unfold` view while tracing (torch.compile, export)."""
-    if tracing():
+def windows(x, size, step, traced):
+    """`OverlappingWindows`, or the plain `unfold` view while `traced` (torch.compile, export)."""
+    if traced:
         return x.unfold(2, size, step).transpose(-1, -2)  # (n, h, w, size, c)
     return OverlappingWindows.apply(x, size, step)
 
 
-def local_windows(x, block_size):
+def local_windows(x, block_size, traced):
     """Each block with its left and right neighbour, as overlapping views.
 
     x: (n, h, bs + t + bs, c), the t tokens with one block of margin on each side (the mask hides the margins,
     so their content is never seen) -> (n, h, nb, 3*bs, c).
     """
-    return windows(x, 3 * block_size, block_size)
-
-
-def project_into_heads(project, x, heads, before, after):
-    """Queries (n, h, T, d), and keys and values (n, h, before + T + after, d) with zeros in the margins.
-
-    `project` maps (n, c, h*d) hidden states to their queries, keys and values, each (n, c, h*d). On CPU it is
-    applied `TOKEN_CHUNK` tokens at a time: the joint projection of a whole long input would be a tensor of over
-    32 MB, which glibc maps afresh on every allocation, and touching its new pages is a sizeable share of the
-    product's time.
-    """
-    n, T, _ = x.shape
-    d = x.shape[-1] // heads
-    query = x.new_empty(n, heads, T, d)
-    key, value = (x.new_empty(n, heads, before + T + after, d) for _ in range(2))
-    for buffer in (key, value):
-        buffer[:, :, :before] = 0
-        buffer[:, :, before + T :] = 0
-    chunk = TOKEN_CHUNK if cpu_tuning(x) else T
-    for start in chunk_starts(T, chunk):
-        parts = project(x[:, start : start + chunk])  # 3 x (n, c, h*d)
-        c = parts[0].shape[1]
-        for buffer, offset, part in zip((query, key, value), (start, before + start, before + start), parts):
-            buffer[:, :, offset : offset + c] = part.view(n, c, heads, d).transpose(1, 2)
-    return query, key, value
+    return windows(x, 3 * block_size, block_size, traced)
 
 
 def pad_for_sparse_windows(x, tokens_per_block, sparse_block_size):
@@ -109,7 +110,7 @@ def pad_for_sparse_windows(x, tokens_per_block, sparse_block_size):
     return F.pad(x, (0, 0, margin, margin))
 
 
-def sparse_windows(padded, tokens_per_block, sparse_block_size, first, blocks):
+def sparse_windows(padded, tokens_per_block, sparse_block_size, first, blocks, traced):
     """The compressed tokens just before and just after the local windows of blocks [first, first + blocks).
 
     `padded` comes from `pad_for_sparse_windows`: the t/f compressed tokens, `tokens_per_block` (= bs/f) of them
@@ -124,7 +125,7 @@ def sparse_windows(padded, tokens_per_block, sparse_block_size, first, blocks):
     parts = []
     for offset in (0, sbs + 3 * tpb - after_shift):
         begin = first * tpb + offset
-        parts.append(windows(padded[:, :, begin : begin + span], sbs, tpb))  # (n, h, blocks, sbs, c)
+        parts.append(windows(padded[:, :, begin : begin + span], sbs, tpb, traced))  # (n, h, blocks, sbs, c)
     return parts
 
 
@@ -306,48 +307,76 @@ def lsg_mask(config, visible, sparse_visible):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def lsg_attention(query, key, value, visible, margin, config, scale, dropout, kernel, layer_idx=None):
-    """LSG attention of (n, h, T, d) queries with kernel `kernel` (a name of `lsg_kernels.KERNELS`).
+def lsg_attention(inputs, settings):
+    """LSG attention of an `AttentionInputs` bundle with the `AttentionSettings`: (n, T, h, d).
 
-    key and value: (n, h, margin + T + bs, d), the T tokens starting at `margin` with zeros around them, so that
-    every local window is a view; visible (n, 1, T, 1). Returns (n, T, h, d).
+    Inputs of at most two blocks after the global tokens get full attention.
     """
+    query, key, value, visible, margin = inputs
+    config, kernel, scale, dropout = settings.config, settings.kernel, settings.scale, settings.dropout
     n, h, T, d = query.shape
-    G, sbs = config.num_global_tokens, config.sparse_block_size
+    G, bs, sbs = config.num_global_tokens, config.block_size, config.sparse_block_size
+    tokens = (key[:, :, margin : margin + T], value[:, :, margin : margin + T])  # (n, h, T, d)
+    if T <= 2 * bs + G:
+        return kernel.attend(query, *tokens, visible.transpose(-1, -2), scale, dropout).transpose(1, 2)
     start = margin + G  # where the non-global tokens begin in `key` and `value`
     rest = (key[:, :, start : margin + T], value[:, :, start : margin + T], visible[:, :, G:])  # (n, h|1, t, d|1)
     sparse = None
     if sbs > 0 and config.sparsity_type != "none":
         first_query = query[:, :, G : G + 1] * scale
-        sparse = select_sparse_tokens(*rest, first_query, config, layer_idx)  # (n, h|1, t/f, d|1)
-    tokens = (key[:, :, margin : margin + T], value[:, :, margin : margin + T])  # (n, h, T, d)
+        sparse = select_sparse_tokens(*rest, first_query, config, settings.layer_idx)  # (n, h|1, t/f, d|1)
 
-    if kernel in SEQUENCE_KERNELS:
+    if kernel.attend_sequence is not None:
         (bank_key, bank_value), sparse_visible = tokens, None
         if sparse:
             bank_key = torch.cat([bank_key, sparse[0].expand(n, h, -1, d)], dim=2)  # (n, h, T + S, d)
             bank_value = torch.cat([bank_value, sparse[1].expand(n, h, -1, d)], dim=2)
             sparse_visible = sparse[2].expand(n, h, -1, 1)[..., 0]  # (n, h, S)
         sees = lsg_mask(config, visible[:, 0, :, 0], sparse_visible)
-        out = SEQUENCE_KERNELS[kernel](query, bank_key, bank_value, sees, scale, dropout)  # (n, h, T, d)
+        out = kernel.attend_sequence(query, bank_key, bank_value, sees, scale, dropout)  # (n, h, T, d)
         return out.transpose(1, 2)
 
-    global_out = attend(query[:, :, :G], *tokens, visible.transpose(-1, -2), dropout, kernel != "eager", scale)
-    arguments = (query, key, value, visible, margin, sparse, config, scale, dropout, kernel)
-    if kernel == "sdpa" and torch.is_grad_enabled() and cpu_tuning(query):
-        # Training with the joined key sets, several times the size of the keys: rebuilding them in the backward
-        # pass instead of keeping them saves most of the attention's memory for a small share of its time.
-        block_out = checkpoint(block_attention, *arguments, use_reentrant=False)
+    global_out = kernel.attend(query[:, :, :G], *tokens, visible.transpose(-1, -2), scale, dropout)  # (n, h, G, d)
+    if kernel.recompute_key_sets:
+        # The joined key sets are several times the size of the keys: rebuilding them in the backward pass
+        # instead of keeping them saves most of the attention's memory for a small share of its time.
+        block_out = checkpoint(block_attention, inputs, sparse, settings, use_reentrant=False)
     else:
-        block_out = block_attention(*arguments)
+        block_out = block_attention(inputs, sparse, settings)
     return torch.cat([x.transpose(1, 2) for x in (global_out, *block_out)], dim=1)  # (n, T, h, d)
 
 
-def block_attention(query, key, value, visible, margin, sparse, config, scale, dropout, kernel):
+def key_sets(local, others, n, h):
+    """`KeySets` from (key, value, visible) triples of shape (n, h|1, g, k, d|1): the local window and the other
+    key sets in order, with n*h as the kernels' batch."""
+
+    def batched(x):  # (n, h|1, g, k, d) -> (n*h, g, k, d)
+        return x.expand(n, h, -1, -1, -1).flatten(0, 1)
+
+    def joined_visible(masks):  # (n, h|1, g, k_i, 1) each -> (n*h, g, 1, K)
+        masks = [m.squeeze(-1) for m in masks]  # (n, h|1, g, k_i)
+        heads = max(m.shape[1] for m in masks)
+        visible = torch.cat([m.expand(n, heads, -1, -1) for m in masks], dim=3)  # (n, h|1, g, K)
+        return visible.expand(n, h, -1, -1).reshape(n * h, -1, 1, visible.shape[-1])
+
+    others_key, others_value, others_visible = zip(*others)
+    return KeySets(
+        batched(local[0]),
+        batched(local[1]),
+        joined_visible([local[2]]),
+        tuple(batched(k) for k in others_key),
+        tuple(batched(v) for v in others_value),
+        joined_visible(others_visible),
+    )
+
+
+def block_attention(inputs, sparse, settings):
     """The rows after the global tokens, block by block: a tuple of (n, h, rows, d) outputs, in order.
 
-    Arguments as for `lsg_attention`, with the sparse tokens (keys, values, mask) or None.
+    `sparse` holds the sparse tokens (keys, values, mask), each (n, h|1, t/f, d|1), or is None.
     """
+    query, key, value, visible, margin = inputs
+    config, kernel = settings.config, settings.kernel
     n, h, T, d = query.shape
     G, bs, sbs = config.num_global_tokens, config.block_size, config.sparse_block_size
     tpb = bs // config.sparsity_factor
@@ -357,22 +386,22 @@ def block_attention(query, key, value, visible, margin, sparse, config, scale, d
     padded_sparse = [pad_for_sparse_windows(x, tpb, sbs) for x in sparse] if sparse else []  # (n, h|1, ., d|1)
     with_margins = (key[:, :, start - bs :], value[:, :, start - bs :], F.pad(visible[:, :, G:], (0, 0, bs, bs)))
     block_query = query[:, :, G:].reshape(n * h, nb, bs, d)  # (n*h, nb, bs, d), a view
-    attend_blocks = BLOCK_KERNELS[kernel]
     # On CPU, groups of blocks are attended one after the other, so that their joined key sets stay small. Each
     # group's windows are views cut from its own stretch of tokens: in the backward pass they fill gradients of
     # that stretch, not zero-filled gradients the size of every window.
-    group_size = max(1, TOKEN_CHUNK // bs) if cpu_tuning(query) else nb
+    group_size = max(1, kernel.token_chunk // bs) if kernel.token_chunk else nb
     outputs = []
     for first in chunk_starts(nb, group_size):
         blocks = min(group_size, nb - first)
-        # Key sets as (key, value, visible) triples of shape (n, h|1, blocks, k, d|1), in the spec's order:
-        # global tokens, the sparse window before and after the block, then the local window.
-        group_context = [tuple(x.unsqueeze(2).expand(-1, -1, blocks, -1, -1) for x in global_kv)]
+        # The other key sets as (key, value, visible) triples of shape (n, h|1, blocks, k, d|1), in the spec's
+        # order: global tokens, then the sparse window before and after the block.
+        others = [tuple(x.unsqueeze(2).expand(-1, -1, blocks, -1, -1) for x in global_kv)]
         if padded_sparse:
-            parts = [sparse_windows(x, tpb, sbs, first, blocks) for x in padded_sparse]
-            group_context += list(zip(*parts))
+            parts = [sparse_windows(x, tpb, sbs, first, blocks, kernel.traced) for x in padded_sparse]
+            others += list(zip(*parts))
         stretch = slice(first * bs, (first + blocks + 2) * bs)  # the group's blocks and one on each side
-        group_local = tuple(local_windows(x[:, :, stretch], bs) for x in with_margins)  # (n, h|1, blocks, 3bs, .)
-        out = attend_blocks(block_query[:, first : first + blocks], group_local, group_context, scale, dropout)
+        local = tuple(local_windows(x[:, :, stretch], bs, kernel.traced) for x in with_margins)  # (n, h|1, g, 3bs, .)
+        group_keys = key_sets(local, others, n, h)
+        out = kernel.attend_blocks(block_query[:, first : first + blocks], group_keys, settings.scale, settings.dropout)
         outputs.append(out.reshape(n, h, blocks * bs, d))  # (n, h, g*bs, d)
     return tuple(outputs)

@@ -1,75 +1,44 @@
-"""The attention kernels of LSG-BART and the CPU tuning, behind one choice (`choose_kernel`).
+"""The attention kernels of LSG-BART, and the choice of one for a forward pass (`choose_kernel`).
 
-A kernel computes the attention of LSG's query blocks over their key sets (`lsg_attention.py` builds both). Two
+A kernel computes the attention of LSG's query blocks over their key sets, which `lsg_attention.py` builds. Two
 families share one registry, `KERNELS`:
 - sequence kernels see every query row and a key bank (all tokens, then the sparse tokens) with a mask function
   of (batch, head, query, key): `reference` (the dense mask written out, the readable ground truth) and `flex`
   (FlexAttention with a block mask built from the same function: no key-set copies, for GPUs);
-- block kernels see groups of blocks with their key sets as views (global, sparse before, sparse after, local):
-  `eager` (scores written out), `sdpa` (PyTorch's public fused attention over the joined key sets),
-  `cpu_two_part` (PyTorch's CPU flash kernel over the local window and the rest, merged by log-sum-exp) and
-  `cpu_bf16_scores` (bfloat16 scores written out a few blocks at a time).
+- block kernels see groups of blocks with their `KeySets` (the local window as a view, then the global and
+  sparse tokens): `eager` (scores written out), `sdpa` (PyTorch's public fused attention over the joined key
+  sets), `cpu_two_part` (PyTorch's CPU flash kernel over the local window and the rest, merged by log-sum-exp)
+  and `cpu_bf16_scores` (bfloat16 scores written out a few blocks at a time).
 
-Private and optional ops are probed once on tiny inputs against public ops and used only where the probe passes
-(builds and CPUs differ: oneDNN's bfloat16 products need AVX-512, for instance); `LSG_BART_PUBLIC_OPS=1` turns
-them all off. Under torch.compile and torch.export (ONNX) only public ops run.
+`choose_kernel` runs once per encoder forward pass and returns a `Kernel`: the kernel's functions together with
+the decisions that depend on the device (the CPU tuning), so that the layers only read them. Private ops are
+probed once (`compat.probe`) and used only where the probe passes. Under torch.compile and torch.export (ONNX)
+only public ops run.
 
-Shapes: n batch, h heads, T tokens with the global ones, g blocks in a group, bs block size, k keys, d head dim.
+Shapes: n batch, h heads, B = n*h the kernels' batch, T tokens with the global ones, g blocks in a group, bs block
+size, k keys, d head dim.
 """
 
-import os
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .compat import autocast_enabled, create_block_mask, flex_attention, tracing, triton_available
+from .compat import create_block_mask, flex_attention, probe, tracing, triton_available
+from .cpu_linear import find_onednn_linear
 
-# Long inputs are processed in chunks of about this many tokens on CPU (groups of blocks in the attention, then
-# the per-token work after it), so that intermediates stay in cache and memory does not grow with the length.
+# On CPU, long inputs are processed in chunks of about this many tokens (the projections, groups of blocks in the
+# attention, then the per-token work after it), so that intermediates stay in cache and memory does not grow with
+# the length.
 TOKEN_CHUNK = 2048
 
 # Written-out attention scores are computed for as many blocks at a time as keep about this many scores (4 MB in
 # bfloat16), small enough to stay in cache.
 SCORES_IN_CACHE = 2**21
 
-# oneDNN's linear kernel is slower than MKL's for a few rows through a small weight (decoding): it is used from
-# this many rows, or for weights of this many elements (a language-modelling head).
-ONEDNN_MIN_ROWS = 32
-ONEDNN_MIN_WEIGHT = 2**24
-
 # ---------------------------------------------------------------------------------------------------------------
-# Optional kernels: each is probed once on tiny inputs against public ops, and used only where the probe passes
-# (builds and CPUs differ: oneDNN's bfloat16 products need AVX-512, for instance). LSG_BART_PUBLIC_OPS=1 turns
-# them all off, leaving public PyTorch ops with the same results.
+# Probes of the CPU kernels' private ops
 # ---------------------------------------------------------------------------------------------------------------
-
-PUBLIC_OPS_ONLY = os.environ.get("LSG_BART_PUBLIC_OPS", "") not in ("", "0")
-
-
-def probe(check):
-    """Whether `check()` returns True; False if it raises (a missing op, an unsupported dtype or CPU) or when
-    `LSG_BART_PUBLIC_OPS` is set."""
-    if PUBLIC_OPS_ONLY:
-        return False
-    try:
-        return bool(check())
-    except (AttributeError, RuntimeError, NotImplementedError, TypeError):  # TypeError: an older op's signature
-        return False
-
-
-def find_onednn_linear(dtype=torch.float32):
-    """PyTorch's oneDNN linear kernel (`mkldnn::_linear_pointwise`) on x86 processors where it computes a small
-    product in `dtype` right, or None (then `F.linear` is used)."""
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):  # "AVX2", "AVX512": x86
-        return None
-
-    def check():
-        kernel = torch.ops.mkldnn._linear_pointwise.default
-        ones = [torch.ones(shape, dtype=dtype) for shape in ((2, 3), (4, 3), (4,))]
-        return torch.equal(kernel(*ones, "none", [], "").float(), torch.full((2, 4), 4.0))  # (2, 4), all 4
-
-    return torch.ops.mkldnn._linear_pointwise.default if probe(check) else None
 
 
 def cpu_flash_attention_works():
@@ -97,163 +66,31 @@ def cpu_has_bf16_instructions():
     return native and find_onednn_linear(torch.bfloat16) is not None
 
 
-ONEDNN_LINEAR = find_onednn_linear()
 CPU_FLASH_ATTENTION = probe(cpu_flash_attention_works)
 CPU_BF16 = probe(cpu_has_bf16_instructions)
-UNFOLD_BACKWARD = probe(lambda: torch.ops.aten.unfold_backward(torch.ones(1, 2, 3), (1, 5), 1, 3, 2).sum() == 6)
-
-def chunk_starts(total, size):
-    """The first index of each `size`-long chunk of `total`. One chunk is `(0,)`, not a `range`: a `range` over a
-    length that torch.export keeps symbolic would fix the exported graph to the example input's length."""
-    return (0,) if size >= total else range(0, total, size)
-
-
-def cpu_tuning(x):
-    """Whether the CPU-specific paths apply to tensor `x`: on CPU, and not while tracing."""
-    return x.device.type == "cpu" and not tracing()
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# Linear layers
+# What a block kernel attends to
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def onednn_linear(x, weight, bias=None, activation="none"):
-    """`activation(x @ weight.T + bias)` in one oneDNN call; `activation` is "none" or "gelu" (the exact, erf one)."""
-    return ONEDNN_LINEAR(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
+class KeySets(NamedTuple):
+    """The keys that a group of g query blocks sees, with the kernels' batch B = n*h first: the local window (the
+    block and its two neighbours, views of the keys, never copied) and the other key sets in the spec's order
+    (global tokens, the sparse tokens before and after the window). `lsg_attention.key_sets` builds them."""
 
+    local_key: torch.Tensor  # (B, g, 3bs, d)
+    local_value: torch.Tensor  # (B, g, 3bs, d)
+    local_visible: torch.Tensor  # (B, g, 1, 3bs) bool
+    other_keys: Tuple[torch.Tensor, ...]  # each (B, g, k_i, d)
+    other_values: Tuple[torch.Tensor, ...]  # each (B, g, k_i, d)
+    other_visible: torch.Tensor  # (B, g, 1, K) bool, K = sum of k_i
 
-def uses_onednn(x, weight):
-    """Whether `linear` sends `x @ weight.T` to oneDNN: plain float32 tensors on CPU (not tensor subclasses such as
-    quantised weights, which dispatch `F.linear` themselves), oneDNN enabled, no autocast (it picks its own dtype),
-    not while tracing, and a product large enough (a few rows through a small weight, as in a decoding step, go
-    faster through MKL)."""
-    return (
-        ONEDNN_LINEAR is not None
-        and not tracing()
-        and x.device.type == "cpu"
-        and (x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1] or weight.numel() >= ONEDNN_MIN_WEIGHT)
-        and x.dtype == weight.dtype == torch.float32
-        and type(x) is torch.Tensor
-        and type(weight) in (torch.Tensor, nn.Parameter)
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not autocast_enabled("cpu")
-    )
-
-
-class OneDNNLinear(torch.autograd.Function):
-    """`F.linear` in float32 through oneDNN, forward and backward.
-
-    PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among them) runs without AVX-512 and
-    reaches a lower rate than oneDNN on the same cores (docs/benchmark.md). The arithmetic is float32 either way.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return onednn_linear(x, weight, bias)  # (..., out)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (m, out)
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(grad_out, weight.t())  # (..., in)
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_gradient(grad_rows, x.reshape(-1, x.shape[-1]))  # (out, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_rows.sum(0)  # (out,)
-        return grad_x, grad_weight, grad_bias
-
-
-def weight_gradient(grad_rows, input_rows):
-    """A linear layer's weight gradient `grad_rows.T @ input_rows`: (m, out), (m, in) -> (out, in).
-
-    oneDNN copies a transposed first operand into a contiguous one, and such copies are slow; the product is
-    taken in whichever order transposes the narrower of the two.
-    """
-    if grad_rows.shape[1] > input_rows.shape[1]:
-        return linear(input_rows.t(), grad_rows.t()).t()  # (in, out) -> (out, in), a view
-    return linear(grad_rows.t(), input_rows.t())
-
-
-def linear(x, weight, bias=None):
-    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x, weight)`."""
-    if not uses_onednn(x, weight):
-        return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return OneDNNLinear.apply(x, weight, bias)
-    return onednn_linear(x, weight, bias)
-
-
-def linear_gelu(x, weight, bias):
-    """`F.gelu(F.linear(x, weight, bias))`, in one oneDNN call where `uses_onednn(x, weight)`; without autograd."""
-    if uses_onednn(x, weight):
-        return onednn_linear(x, weight, bias, "gelu")
-    return F.gelu(F.linear(x, weight, bias))
-
-
-class RecomputedFeedForward(torch.autograd.Function):
-    """BART's feed-forward block without dropout, `fc2(gelu(fc1(x)))`, keeping only `x` for the backward pass.
-
-    fc1's output is 4x wider than `x` and the largest tensor a layer would keep; the backward pass recomputes it
-    with one product (a checkpoint would also run fc2 again).
-    Inputs: x (..., d_model), fc1's weight (ffn, d_model) and bias, fc2's weight (d_model, ffn) and bias.
-    """
-
-    @staticmethod
-    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
-        ctx.save_for_backward(x, fc1_weight, fc1_bias, fc2_weight)
-        return linear(linear_gelu(x, fc1_weight, fc1_bias), fc2_weight, fc2_bias)  # (..., d_model)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
-        hidden = linear(x, fc1_weight, fc1_bias)  # (..., ffn)
-        activated = F.gelu(hidden)
-        grad_hidden = torch.ops.aten.gelu_backward(linear(grad_out, fc2_weight.t()), hidden)  # (..., ffn)
-        del hidden
-        grad_x, *grads = (None,) * 5
-
-        def rows(t):
-            return t.reshape(-1, t.shape[-1])  # (m, features)
-
-        if ctx.needs_input_grad[3]:
-            grads[2] = weight_gradient(rows(grad_out), rows(activated))  # (d_model, ffn)
-        if ctx.needs_input_grad[4]:
-            grads[3] = rows(grad_out).sum(0)
-        if ctx.needs_input_grad[1]:
-            grads[0] = weight_gradient(rows(grad_hidden), rows(x))  # (ffn, d_model)
-        if ctx.needs_input_grad[2]:
-            grads[1] = rows(grad_hidden).sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_x = linear(grad_hidden, fc1_weight.t())  # (..., d_model)
-        return grad_x, *grads
-
-
-def is_plain_linear(layer):
-    """True for an `nn.Linear` without hooks whose weight and bias are plain tensors: its weights can be used
-    directly. Anything else (LoRA, quantised layers, torchao's tensor subclasses, hooks) is called as it is."""
-    return (
-        type(layer) is nn.Linear
-        and not (layer._forward_hooks or layer._forward_pre_hooks)
-        and all(type(t) in (torch.Tensor, nn.Parameter) for t in (layer.weight, layer.bias) if t is not None)
-    )
-
-
-def project(layer, x):
-    """`layer(x)`, through `linear` when the layer is a plain `nn.Linear`."""
-    return linear(x, layer.weight, layer.bias) if is_plain_linear(layer) else layer(x)
-
-
-def dropout(x, p, training):
-    """`F.dropout`. On CPU, `F.dropout` keeps its float noise for the backward pass; this keeps a boolean mask."""
-    if training and 0 < p < 1 and cpu_tuning(x):
-        return torch.native_dropout(x, p, True)[0]
-    return F.dropout(x, p=p, training=training)
+    def joined(self):
+        """Every key set in one: keys and values (B, g, K + 3bs, d), visible (B, g, 1, K + 3bs)."""
+        key = torch.cat([*self.other_keys, self.local_key], dim=2)
+        value = torch.cat([*self.other_values, self.local_value], dim=2)
+        return key, value, torch.cat([self.other_visible, self.local_visible], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,23 +169,16 @@ class TwoPartAttention(torch.autograd.Function):
         )
 
 
-def attend_in_two_parts(query, local, context, scale):
-    """`TwoPartAttention` of (n*h, nb, bs, d) block queries over the local window and the other key sets.
-
-    `local` is one (key, value, visible) part and `context` a list of them, as for `batch_key_sets`.
-    """
-    n_h = query.shape[0]
-    n = local[2].shape[0]
-    local_key, local_value, local_visible = flat_key_sets([local], n, n_h // n)
-    context_keys, context_values, context_visible = flat_key_sets(context, n, n_h // n)
+def attend_in_two_parts(query, key_sets, scale):
+    """`TwoPartAttention` of (B, g, bs, d) block queries over the local window and the other key sets."""
 
     def bias(visible):  # the kernel wants a float mask
         zeros = torch.zeros(visible.shape, dtype=query.dtype, device=query.device)
         return zeros.masked_fill(~visible, torch.finfo(query.dtype).min)
 
-    return TwoPartAttention.apply(
-        query, scale, local_key[0], local_value[0], bias(local_visible), bias(context_visible), *context_keys, *context_values
-    )
+    local = (key_sets.local_key, key_sets.local_value, bias(key_sets.local_visible))
+    others = (bias(key_sets.other_visible), *key_sets.other_keys, *key_sets.other_values)
+    return TwoPartAttention.apply(query, scale, *local, *others)
 
 
 def attend_bf16_written_out(query, key, value, visible, scale):
@@ -373,30 +203,8 @@ def attend_bf16_written_out(query, key, value, visible, scale):
     return torch.cat(outputs).view(B, g, q, d)
 
 
-def flat_key_sets(parts, n, h):
-    """(key, value, visible) parts of shape (n, h|1, nb, k, c), with (n*h) as the kernel's batch.
-
-    Returns the lists of keys and of values, each (n*h, nb, k, d), and the joined visible mask (n*h, nb, 1, K).
-    """
-    keys, values, masks = zip(*parts)
-    keys = [k.expand(n, h, -1, -1, -1).flatten(0, 1) for k in keys]  # (n*h, nb, k, d)
-    values = [v.expand(n, h, -1, -1, -1).flatten(0, 1) for v in values]
-    masks = [m.squeeze(-1) for m in masks]  # (n, h|1, nb, k)
-    mask_heads = max(m.shape[1] for m in masks)
-    visible = torch.cat([m.expand(n, mask_heads, -1, -1) for m in masks], dim=3)  # (n, h|1, nb, K)
-    visible = visible.expand(n, h, -1, -1).reshape(n * h, -1, 1, visible.shape[-1])  # (n*h, nb, 1, K)
-    return keys, values, visible
-
-
-def batch_key_sets(parts, n, h):
-    """The parts joined along the keys: keys and values (n*h, nb, K, d), visible (n*h, nb, 1, K)."""
-    keys, values, visible = flat_key_sets(parts, n, h)
-    return torch.cat(keys, dim=2), torch.cat(values, dim=2), visible
-
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# The kernels, their registry and the choice
+# The kernels
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -442,82 +250,140 @@ def compiled(function):
 COMPILED = {}
 
 
-def eager_kernel(query, local, context, scale, dropout):
+def eager_kernel(query, key_sets, scale, dropout):
     """Scores, an additive mask and a softmax written out over each block's joined key sets."""
-    n, h = local[2].shape[0], query.shape[0] // local[2].shape[0]
-    key_set, value_set, visible_set = batch_key_sets(context + [local], n, h)  # (n*h, g, K, d)
-    return attend(query, key_set, value_set, visible_set, dropout, False, scale)
+    return attend(query, *key_sets.joined(), dropout, False, scale)  # (B, g, bs, d)
 
 
-def sdpa_kernel(query, local, context, scale, dropout):
+def sdpa_kernel(query, key_sets, scale, dropout):
     """PyTorch's public fused attention over each block's joined key sets (public ops only)."""
-    n, h = local[2].shape[0], query.shape[0] // local[2].shape[0]
-    key_set, value_set, visible_set = batch_key_sets(context + [local], n, h)  # (n*h, g, K, d)
-    return attend(query, key_set, value_set, visible_set, dropout, True, scale)
+    return attend(query, *key_sets.joined(), dropout, True, scale)  # (B, g, bs, d)
 
 
-def cpu_two_part_kernel(query, local, context, scale, dropout):
+def cpu_two_part_kernel(query, key_sets, scale, dropout):
     """`attend_in_two_parts`: the local window is never copied (CPU, no dropout)."""
-    return attend_in_two_parts(query, local, context, scale)
+    return attend_in_two_parts(query, key_sets, scale)
 
 
-def cpu_bf16_scores_kernel(query, local, context, scale, dropout):
+def cpu_bf16_scores_kernel(query, key_sets, scale, dropout):
     """`attend_bf16_written_out` over the joined key sets (bfloat16 inference on CPUs with bf16 instructions)."""
-    n, h = local[2].shape[0], query.shape[0] // local[2].shape[0]
-    key_set, value_set, visible_set = batch_key_sets(context + [local], n, h)  # (n*h, g, K, d)
-    return attend_bf16_written_out(query, key_set, value_set, visible_set, scale)
+    return attend_bf16_written_out(query, *key_sets.joined(), scale)
 
 
-SEQUENCE_KERNELS = {"reference": reference_kernel, "flex": flex_kernel}
-BLOCK_KERNELS = {
-    "eager": eager_kernel,
-    "sdpa": sdpa_kernel,
-    "cpu_two_part": cpu_two_part_kernel,
-    "cpu_bf16_scores": cpu_bf16_scores_kernel,
-}
-KERNELS = {**SEQUENCE_KERNELS, **BLOCK_KERNELS}
+# ---------------------------------------------------------------------------------------------------------------
+# Where each kernel can run
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def kernel_problem(name, query, dropout):
-    """Why kernel `name` cannot run on `query` (its device, dtype, autograd, dropout) here, or None."""
-    on_cpu = query.device.type == "cpu"
-    if name == "flex" and flex_attention is None:
-        return "FlexAttention needs PyTorch 2.5 or newer"
-    if name == "flex" and query.device.type == "cuda" and not triton_available():
-        return "on CUDA FlexAttention runs through torch.compile, which needs Triton (pip install triton)"
-    if name == "flex" and dropout > 0:
-        return "FlexAttention has no attention dropout"
-    if name == "flex" and on_cpu and torch.is_grad_enabled():
-        return "FlexAttention has no backward pass on CPU (inference only there)"
-    if name == "cpu_two_part" and not (on_cpu and CPU_FLASH_ATTENTION and dropout == 0):
-        return "it needs a CPU where PyTorch's flash kernel passed its probe, and no attention dropout"
-    if name == "cpu_two_part" and query.dtype not in (torch.float32, torch.bfloat16):
-        return "it runs in float32 or bfloat16"
-    if name == "cpu_bf16_scores":
-        inference = query.dtype == torch.bfloat16 and dropout == 0 and not torch.is_grad_enabled()
-        if not (on_cpu and CPU_BF16 and inference):
-            return "it is for bfloat16 inference on a CPU with bfloat16 instructions"
+def runs_anywhere(x, dropout):
+    """Why the kernel cannot run on `x` with attention dropout `dropout`: never (the other `*_problem` functions
+    answer the same question, with a reason or None)."""
     return None
 
 
-def choose_kernel(requested, query, dropout, eager_attention=False):
-    """The kernel for one forward pass: `requested` (a name of `KERNELS`, or "auto") after checking it can run.
+def flex_problem(x, dropout):
+    if flex_attention is None:
+        return "FlexAttention needs PyTorch 2.5 or newer"
+    if x.device.type == "cuda" and not triton_available():
+        return "on CUDA FlexAttention runs through torch.compile, which needs Triton (pip install triton)"
+    if dropout > 0:
+        return "FlexAttention has no attention dropout"
+    if x.device.type == "cpu" and torch.is_grad_enabled():
+        return "FlexAttention has no backward pass on CPU (inference only there)"
+    return None
+
+
+def cpu_two_part_problem(x, dropout):
+    if not (x.device.type == "cpu" and CPU_FLASH_ATTENTION and dropout == 0):
+        return "it needs a CPU where PyTorch's flash kernel passed its probe, and no attention dropout"
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        return "it runs in float32 or bfloat16"
+    return None
+
+
+def cpu_bf16_scores_problem(x, dropout):
+    inference = x.dtype == torch.bfloat16 and dropout == 0 and not torch.is_grad_enabled()
+    if not (x.device.type == "cpu" and CPU_BF16 and inference):
+        return "it is for bfloat16 inference on a CPU with bfloat16 instructions"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry and the choice
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Kernel(NamedTuple):
+    """A kernel and how one encoder forward pass runs it: `choose_kernel` picks it once and every layer reads it.
+
+    A kernel has either `attend_blocks(query blocks (B, g, bs, d), KeySets, scale, dropout)` or
+    `attend_sequence(query (n, h, T, d), bank key, bank value (n, h, K, d), sees, scale, dropout)`.
+    """
+
+    name: str
+    attend_blocks: Optional[Callable] = None
+    attend_sequence: Optional[Callable] = None
+    # Full attention (short inputs, the global rows) with its scores written out, not through SDPA.
+    written_out: bool = False
+    # Whether it joins the key sets (several times the size of the keys) before attending.
+    joins_key_sets: bool = False
+    problem: Callable = runs_anywhere  # (x, dropout) -> why it cannot run on `x` here, or None
+    # Decided once per forward pass by `choose_kernel`:
+    cpu_tuned: bool = False  # on CPU, not tracing: token chunks, and less kept for the backward pass
+    recompute_key_sets: bool = False  # CPU training: key sets are joined again in the backward pass, not kept
+    traced: bool = False  # under torch.compile or torch.export: public ops only
+
+    @property
+    def token_chunk(self):
+        """How many tokens the projections, the block groups and the per-token work take at a time, or None (all)."""
+        return TOKEN_CHUNK if self.cpu_tuned else None
+
+    def attend(self, query, key, value, visible, scale, dropout):
+        """Full attention of (..., q, d) queries over (..., k, d) keys, visible (..., 1|q, k) bool."""
+        return attend(query, key, value, visible, dropout, not self.written_out, scale)
+
+
+KERNELS = {
+    "reference": Kernel("reference", attend_sequence=reference_kernel, written_out=True),
+    "flex": Kernel("flex", attend_sequence=flex_kernel, problem=flex_problem),
+    "eager": Kernel("eager", attend_blocks=eager_kernel, written_out=True, joins_key_sets=True),
+    "sdpa": Kernel("sdpa", attend_blocks=sdpa_kernel, joins_key_sets=True),
+    "cpu_two_part": Kernel("cpu_two_part", attend_blocks=cpu_two_part_kernel, problem=cpu_two_part_problem),
+    "cpu_bf16_scores": Kernel(
+        "cpu_bf16_scores", attend_blocks=cpu_bf16_scores_kernel, joins_key_sets=True, problem=cpu_bf16_scores_problem
+    ),
+}
+
+
+def kernel_problem(name, x, dropout):
+    """Why kernel `name` cannot run on `x` (its device, dtype, autograd, dropout) here, or None."""
+    return KERNELS[name].problem(x, dropout)
+
+
+def choose_kernel(requested, x, dropout, eager_attention=False):
+    """The `Kernel` for one encoder forward pass on hidden states `x`: `requested` (a name of `KERNELS`, or
+    "auto") after checking it can run, with the CPU tuning decided for `x`.
 
     "auto": `eager` when the model was loaded with `attn_implementation="eager"`; on CPU outside tracing,
     `cpu_bf16_scores` for bfloat16 inference where the CPU has bf16 instructions, else `cpu_two_part` where it
     applies, else `sdpa`; everywhere else (CUDA, tracing) `sdpa`, public ops that every test run checks.
     `flex` is chosen only by name: it has not been measured on a GPU yet.
     """
+    traced = tracing()
+    cpu = x.device.type == "cpu" and not traced
     if requested != "auto":
-        problem = kernel_problem(requested, query, dropout)
+        problem = kernel_problem(requested, x, dropout)
         if problem:
             raise ValueError(f"LSG-BART: lsg_kernel={requested!r} cannot run here: {problem}; use lsg_kernel='auto'.")
-        return requested
-    if eager_attention:
-        return "eager"
-    if not cpu_tuning(query):
-        return "sdpa"
-    for name in ("cpu_bf16_scores", "cpu_two_part"):
-        if kernel_problem(name, query, dropout) is None:
-            return name
-    return "sdpa"
+        kernel = KERNELS[requested]
+    elif eager_attention:
+        kernel = KERNELS["eager"]
+    else:
+        candidates = ("cpu_bf16_scores", "cpu_two_part") if cpu else ()
+        usable = [name for name in candidates if kernel_problem(name, x, dropout) is None]
+        kernel = KERNELS[usable[0] if usable else "sdpa"]
+    return kernel._replace(
+        cpu_tuned=cpu,
+        recompute_key_sets=cpu and kernel.joins_key_sets and torch.is_grad_enabled(),
+        traced=traced,
+    )

@@ -1,9 +1,11 @@
 """PyTorch LSG-BART: BART whose encoder self-attention is Local + Sparse + Global (LSG) attention.
 
-The attention itself is in `lsg_attention.py` (build blocks, pick sparse tokens, attend) and its kernels and the
-CPU tuning in `lsg_kernels.py`; what differs between Python, torch and transformers versions is in `compat.py`. This
-file holds the BART-shaped layers, the encoder, the models with their heads, the summarisation pipeline and the
-Auto-class registration.
+This file holds the BART-shaped layers, the encoder, the models with their heads and the Auto-class registration.
+An encoder layer's forward pass reads: `LSGSelfAttention` projects the queries, keys and values (`cpu_linear.py`)
+and calls `lsg_attention` (`lsg_attention.py`: build blocks, pick sparse tokens), which calls the `Kernel` that the
+encoder chose once for the forward pass (`lsg_kernels.py`); the feed-forward block follows here. The decoder's
+cross-attention is in `cross_attention.py`, the summarization pipeline in `pipeline_lsg_bart.py`, and what differs
+between Python, torch and transformers versions in `compat.py`.
 
 Shapes: n batch, h heads, T tokens with the global ones, t tokens without them, d head dim, G global tokens.
 """
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationConfig, Pipeline, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
 from transformers.models.bart.modeling_bart import (
@@ -36,31 +38,21 @@ from transformers.models.bart.modeling_bart import (
 )
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
-from .lsg_attention import lsg_attention, project_into_heads
-from .lsg_kernels import (
-    TOKEN_CHUNK,
-    RecomputedFeedForward,
-    attend,
-    choose_kernel,
-    cpu_tuning,
-    dropout,
-    is_plain_linear,
-    linear,
-    linear_gelu,
-    project,
-    tracing,
-)
+from .cpu_linear import RecomputedFeedForward, dropout, is_plain_linear, linear, linear_gelu, project
+from .lsg_attention import AttentionInputs, AttentionSettings, chunk_starts, lsg_attention
+from .cross_attention import LSGBartCrossAttention
+from .lsg_kernels import choose_kernel
+# Not used here: `save_pretrained` copies the files that this one imports, and configs name this pipeline.
+from .pipeline_lsg_bart import LSGBartSummarizationPipeline  # noqa: F401
 from .compat import (
     accepted_kwargs,
-    attention_result,
     autocast_enabled,
     call_layer,
     can_return_tuple,
     output_requested,
-    pipeline_generate_kwargs,
-    pipeline_tokenizer,
     read_shared_embeddings_as_decoder_embeddings,
     return_dict_requested,
+    tracing,
 )
 
 logger = logging.get_logger(__name__)
@@ -73,9 +65,8 @@ logger = logging.get_logger(__name__)
 class LSGSelfAttention(BartAttention):
     """BART self-attention of the encoder computed with LSG attention (same projections and weights).
 
-    Expects `attention_mask` as a (n, T) boolean tensor of visible keys, global tokens included. The kernel is
-    chosen once per call by `lsg_kernels.choose_kernel` from `config.lsg_kernel` ("auto" by default), the device,
-    dtype, autograd and dropout; `attn_implementation="eager"` makes "auto" pick the written-out `eager` kernel.
+    Called with the (n, T) boolean mask of visible keys, global tokens included, and the `Kernel` that the encoder
+    chose for the forward pass (`lsg_kernels.choose_kernel`).
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
@@ -88,36 +79,41 @@ class LSGSelfAttention(BartAttention):
         )
         self.layer_idx = layer_idx
 
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
+    def forward(self, hidden_states, attention_mask, kernel, **kwargs):
+        n, T, _ = hidden_states.shape
         # The LSG settings are read from the config on every call, so that a change made after loading (checked
         # by the config when it is set) takes effect.
         config = self.config
-        n, T, _ = hidden_states.shape
-        h, d = self.num_heads, self.head_dim
-        G, bs = config.num_global_tokens, config.block_size
-        if attention_mask is None:
-            attention_mask = hidden_states.new_ones(n, T, dtype=torch.bool)
-        visible = attention_mask.view(n, 1, T, 1)  # (n, 1, T, 1)
+        # Keys and values get a block of margin around the non-global tokens, so that every local window is a
+        # view of them.
+        margin = max(config.block_size - config.num_global_tokens, 0)
+        query, key, value = self.project_into_heads(hidden_states, margin, kernel.token_chunk)
+        inputs = AttentionInputs(query, key, value, attention_mask.view(n, 1, T, 1), margin)
         dropout_p = self.dropout if self.training else 0.0
-        kernel = choose_kernel(
-            config.lsg_kernel, hidden_states, dropout_p, eager_attention=config._attn_implementation == "eager"
-        )
+        out = lsg_attention(inputs, AttentionSettings(config, kernel, self.scaling, dropout_p, self.layer_idx))
+        return project(self.out_proj, out.reshape(n, T, self.embed_dim)), None  # (n, T, d_model)
 
+    def project_into_heads(self, hidden_states, margin, token_chunk):
+        """Queries (n, h, T, d), and keys and values (n, h, margin + T + bs, d) with zeros around the T tokens.
+
+        With a `token_chunk` (CPU) the projection runs that many tokens at a time: the joint projection of a whole
+        long input would be a tensor of tens of MB, which glibc maps afresh on every allocation, and touching its
+        new pages is a sizeable share of the product's time.
+        """
+        n, T, _ = hidden_states.shape
+        h, d, after = self.num_heads, self.head_dim, self.config.block_size
+        query = hidden_states.new_empty(n, h, T, d)
+        key, value = (hidden_states.new_empty(n, h, margin + T + after, d) for _ in range(2))
+        for buffer in (key, value):
+            buffer[:, :, :margin] = 0
+            buffer[:, :, margin + T :] = 0
         project_qkv = self.qkv_projection()
-        if T <= 2 * bs + G:  # full attention
-            query, key, value = (x.view(n, T, h, d).transpose(1, 2) for x in project_qkv(hidden_states))  # (n, h, T, d)
-            use_sdpa = kernel not in ("eager", "reference")
-            out = attend(query, key, value, visible.transpose(-1, -2), dropout_p, use_sdpa, self.scaling)
-            out = out.transpose(1, 2)  # (n, T, h, d)
-        else:
-            # Keys and values get a block of margin around the non-global tokens, so that every local window
-            # is a view of them; the query is contiguous, so that its blocks are views too.
-            margin = max(bs - G, 0)
-            query, key, value = project_into_heads(project_qkv, hidden_states, h, margin, bs)
-            out = lsg_attention(
-                query, key, value, visible, margin, config, self.scaling, dropout_p, kernel, self.layer_idx
-            )  # (n, T, h, d)
-        return project(self.out_proj, out.reshape(n, T, h * d)), None
+        for start in chunk_starts(T, token_chunk):
+            parts = project_qkv(hidden_states[:, start : start + (token_chunk or T)])  # 3 x (n, c, h*d)
+            c = parts[0].shape[1]
+            for buffer, offset, part in zip((query, key, value), (start, margin + start, margin + start), parts):
+                buffer[:, :, offset : offset + c] = part.view(n, c, h, d).transpose(1, 2)
+        return query, key, value
 
     def qkv_projection(self):
         """A function from hidden states (n, c, h*d) to their queries, keys and values, each (n, c, h*d): one
@@ -139,8 +135,8 @@ class LSGBartEncoderLayer(BartEncoderLayer):
     """A BART encoder layer whose self-attention is [`LSGSelfAttention`].
 
     Same computation as BART's layer. What follows the attention works token by token, so on CPU it runs on
-    chunks of `TOKEN_CHUNK` tokens: the feed-forward block's 4x-wide intermediate then stays in cache, and its
-    memory does not grow with the input length.
+    chunks of the kernel's `token_chunk` tokens: the feed-forward block's 4x-wide intermediate then stays in cache,
+    and its memory does not grow with the input length.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
@@ -148,23 +144,25 @@ class LSGBartEncoderLayer(BartEncoderLayer):
         self.self_attn = LSGSelfAttention(config, layer_idx)
         self.exact_gelu = config.activation_function == "gelu"
 
-    def forward(self, hidden_states, attention_mask, **kwargs):
-        attended, _ = self.self_attn(hidden_states, attention_mask=attention_mask, **kwargs)  # (n, T, d_model)
-        if cpu_tuning(hidden_states):
-            chunks = zip(hidden_states.split(TOKEN_CHUNK, dim=1), attended.split(TOKEN_CHUNK, dim=1))
-            hidden_states = torch.cat([self.after_attention(*chunk) for chunk in chunks], dim=1)  # (n, T, d_model)
+    def forward(self, hidden_states, attention_mask, kernel, **kwargs):
+        """hidden_states (n, T, d_model), attention_mask (n, T) bool, and the encoder's `Kernel`."""
+        attended, _ = self.self_attn(hidden_states, attention_mask, kernel)  # (n, T, d_model)
+        if kernel.token_chunk:
+            chunk = kernel.token_chunk
+            pairs = zip(hidden_states.split(chunk, dim=1), attended.split(chunk, dim=1))
+            hidden_states = torch.cat([self.after_attention(*pair, kernel) for pair in pairs], dim=1)  # (n, T, d_model)
         else:
-            hidden_states = self.after_attention(hidden_states, attended)
+            hidden_states = self.after_attention(hidden_states, attended, kernel)
         if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
             clamp_value = torch.finfo(hidden_states.dtype).max - 1000
             hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
         return hidden_states
 
-    def after_attention(self, hidden_states, attended):
+    def after_attention(self, hidden_states, attended, kernel):
         """Residual and layer norm, then BART's feed-forward block: (n, chunk, d_model) -> (n, chunk, d_model)."""
         attended = dropout(attended, self.dropout, self.training)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        if torch.is_grad_enabled() and cpu_tuning(hidden_states):
+        if torch.is_grad_enabled() and kernel.cpu_tuned:
             fed_forward = self.feed_forward_for_training(hidden_states)
         else:
             fed_forward = self.project_down(self.fc1_activated(hidden_states))
@@ -345,6 +343,13 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         hidden_states = torch.cat([global_tokens.to(inputs_embeds.dtype), inputs_embeds + positions], dim=1)
         hidden_states = self.layernorm_embedding(hidden_states)  # (n, T, d_model)
         hidden_states = dropout(hidden_states, self.dropout, self.training)
+        attention_dropout = max((layer.self_attn.dropout for layer in self.layers), default=0.0)
+        kernel = choose_kernel(
+            config.lsg_kernel,
+            hidden_states,
+            attention_dropout if self.training else 0.0,
+            eager_attention=config._attn_implementation == "eager",
+        )
         visible = F.pad(visible, (G, 0), value=True)  # (n, T)
 
         if output_requested(config, kwargs, "output_attentions"):
@@ -360,7 +365,7 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
                 layer_inputs.append(hidden_states)
             if self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop:
                 continue
-            hidden_states = call_layer(self, layer, hidden_states, visible)
+            hidden_states = call_layer(self, layer, hidden_states, visible, kernel)
 
         # The adaptive padding is cropped with `index_select`, not a slice: in an exported graph, where the length is
         # symbolic, a slice makes torch.export decide whether the result is contiguous, which holds only at
@@ -376,78 +381,6 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         all_hidden_states = (*layer_inputs, hidden_states) if keep_hidden_states else None
         output = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=None)
         return output if return_dict_requested(config, kwargs) else output.to_tuple()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Decoder cross-attention: one set of keys and values per input, shared by its beams
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class LSGBartCrossAttention(BartAttention):
-    """BART's decoder cross-attention (same weights) for encoder outputs that are not repeated per beam.
-
-    `generate` keeps one encoder output per input (see `LSGBartForConditionalGeneration`), while the decoder runs
-    `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
-    together to its keys and values. `generate` projects those once, before the first decoding step
-    (`encoder_keys_values`), so that a decoding step reads them and has nothing to decide: no copy per beam,
-    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights, one (h, q, S)
-    block per decoder row, are written out and returned when `output_attentions=True` is passed down or under
-    `attn_implementation="eager"` (as BART's eager attention does); otherwise the fused kernel runs.
-    """
-
-    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
-        super().__init__(
-            embed_dim=config.d_model,
-            num_heads=config.decoder_attention_heads,
-            dropout=config.attention_dropout,
-            is_decoder=True,
-            config=config,
-            **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
-        )
-        # (keys, values), each (n, h, S, d), of the encoder output of the running `generate` call, else None.
-        self.encoder_keys_values = None
-
-    def forward(self, hidden_states, key_value_states=None, attention_mask=None, layer_head_mask=None, **kwargs):
-        if layer_head_mask is not None:
-            raise ValueError("LSG-BART: head masks are not supported (transformers 5 removed them too).")
-        n_g, q, _ = hidden_states.shape
-        n, S, _ = key_value_states.shape
-        h, d = self.num_heads, self.head_dim
-        if n_g % n:
-            raise ValueError(f"LSG-BART cross-attention: {n_g} decoder rows for {n} encoder outputs.")
-        g = n_g // n
-        key, value = self.encoder_keys_values or self.keys_and_values(key_value_states)  # (n, h, S, d) each
-        query = project(self.q_proj, hidden_states)  # (n*g, q, h*d)
-        query = query.view(n, g * q, h, d).transpose(1, 2)  # (n, h, g*q, d): an input's rows together
-        if attention_mask is not None:  # (n*g | n, 1, q|1, S), the same for every row of an input
-            rows = 1 if attention_mask.shape[0] == n else g  # transformers 5 builds it from the encoder output
-            attention_mask = attention_mask[::rows, :, :1]  # (n, 1, 1, S)
-        dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if kwargs.get("output_attentions") or self.config._attn_implementation == "eager":
-            # Written out, as BART's eager attention does, so that the weights can be returned.
-            scores = query @ key.transpose(-1, -2) * self.scaling  # (n, h, g*q, S)
-            if attention_mask is not None and attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            elif attention_mask is not None:
-                scores = scores + attention_mask  # additive
-            probs = scores.softmax(dim=-1)
-            out = F.dropout(probs, p=dropout_p, training=self.training) @ value  # (n, h, g*q, d)
-            weights = probs.view(n, h, g, q, S).transpose(1, 2).reshape(n_g, h, q, S)  # per decoder row
-        else:
-            out = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=dropout_p, scale=self.scaling
-            )  # (n, h, g*q, d)
-        out = out.transpose(1, 2).reshape(n_g, q, h * d)
-        return attention_result(project(self.out_proj, out), weights)
-
-    def keys_and_values(self, encoder_output):
-        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d)."""
-        n, S, _ = encoder_output.shape
-        return tuple(
-            project(layer, encoder_output).view(n, S, self.num_heads, self.head_dim).transpose(1, 2)
-            for layer in (self.k_proj, self.v_proj)
-        )  # (n, h, S, d)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -610,65 +543,6 @@ class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
     """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Pipeline: transformers 5 removed its "summarization" pipeline; LSG checkpoints declare this one in their config
-# (`custom_pipelines`), so `pipeline("summarization", model=path, trust_remote_code=True)` keeps working.
-# ---------------------------------------------------------------------------------------------------------------
-
-class LSGBartSummarizationPipeline(Pipeline):
-    """Summarise texts with an LSG-BART checkpoint: `[{"summary_text": ...}]` for each input text.
-
-    Inputs longer than the model (`max_position_embeddings`, or the tokenizer's `model_max_length` if smaller) are
-    truncated unless `truncation=False`. Generation arguments (`num_beams`, `max_new_tokens`, `length_penalty`, ...)
-    go to `generate()`, at construction or at call time.
-    """
-
-    _pipeline_calls_generate = True
-    _load_tokenizer = True
-    _load_processor = False
-    _load_image_processor = False
-    _load_feature_extractor = False
-    default_max_new_tokens = 256
-    _default_generation_config = GenerationConfig(max_new_tokens=default_max_new_tokens)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.tokenizer = self.tokenizer or pipeline_tokenizer(self.model)
-
-    def _sanitize_parameters(self, truncation=None, clean_up_tokenization_spaces=None, **generate_kwargs):
-        preprocess_params = {} if truncation is None else {"truncation": truncation}
-        postprocess_params = {}
-        if clean_up_tokenization_spaces is not None:
-            postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
-        return preprocess_params, generate_kwargs, postprocess_params
-
-    def __call__(self, inputs, **kwargs):
-        result = super().__call__(inputs, **kwargs)
-        if isinstance(inputs, list) and all(len(summaries) == 1 for summaries in result):
-            return [summaries[0] for summaries in result]
-        return result
-
-    def preprocess(self, text, truncation=True):
-        max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
-        return self.tokenizer(
-            text, truncation=truncation, max_length=max_length, return_tensors="pt", return_token_type_ids=False
-        )
-
-    def _forward(self, model_inputs, **generate_kwargs):
-        generate_kwargs = pipeline_generate_kwargs(self, generate_kwargs, self.default_max_new_tokens)
-        return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
-
-    def postprocess(self, model_outputs, clean_up_tokenization_spaces=False):
-        return [
-            {
-                "summary_text": self.tokenizer.decode(
-                    ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean_up_tokenization_spaces
-                )
-            }
-            for ids in model_outputs["output_ids"]
-        ]
-
-
 LSGBartConfig.register_for_auto_class()
 LSGBartModel.register_for_auto_class("AutoModel")
 LSGBartForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
@@ -685,6 +559,5 @@ __all__ = [
     "LSGBartForSequenceClassification",
     "LSGBartModel",
     "LSGBartPreTrainedModel",
-    "LSGBartSummarizationPipeline",
     "LSGSelfAttention",
 ]

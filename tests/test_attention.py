@@ -10,9 +10,11 @@ from conftest import padded_batch, tiny_config
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
 from lsg_bart import lsg_attention as attention
 from lsg_bart import lsg_kernels as kernels
-from lsg_bart import modeling_lsg_bart as modeling
 from lsg_bart.lsg_attention import (
+    AttentionInputs,
+    AttentionSettings,
     OverlappingWindows,
+    key_sets,
     lsg_attention,
     select_by_block_stride,
     select_by_norm,
@@ -25,7 +27,7 @@ from lsg_bart.lsg_kernels import (
     attend,
     attend_bf16_written_out,
     attend_in_two_parts,
-    batch_key_sets,
+    choose_kernel,
     kernel_problem,
 )
 
@@ -167,6 +169,12 @@ def layer_inputs(block_size, seed=1):
     return query, key, value, visible, margin, with_margins
 
 
+def attend_with(config, kernel, query, key, value, visible, margin, scale=0.35):
+    """`lsg_attention` of one layer's inputs with the named kernel, as the encoder would choose it here."""
+    settings = AttentionSettings(config, choose_kernel(kernel, query, 0.0), scale, 0.0)
+    return lsg_attention(AttentionInputs(query, key, value, visible, margin), settings)
+
+
 def geometry_config(sparsity_type, block_size, sparsity_factor, sparse_block_size):
     return tiny_config(block_size=block_size, sparsity_factor=sparsity_factor, sparse_block_size=sparse_block_size,
                        sparsity_type=sparsity_type, num_global_tokens=2)
@@ -187,7 +195,7 @@ SPEC_CASES = [
 def test_reference_kernel_follows_the_literal_spec(sparsity_type, block_size, sparsity_factor, sparse_block_size):
     config = geometry_config(sparsity_type, block_size, sparsity_factor, sparse_block_size)
     query, key, value, visible, margin, (key_m, value_m) = layer_inputs(block_size)
-    ours = lsg_attention(query, key_m, value_m, visible, margin, config, 0.35, 0.0, "reference")
+    ours = attend_with(config, "reference", query, key_m, value_m, visible, margin)
     expected = literal_lsg(config, query, key, value, visible, 0.35).transpose(1, 2)  # (n, T, h, d)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
@@ -202,10 +210,10 @@ def test_every_kernel_follows_the_reference_on_every_geometry(
     with torch.no_grad():
         if kernel_problem(kernel, query, 0.0):  # cpu_two_part where the CPU kernel failed its probe
             with pytest.raises(ValueError, match=f"lsg_kernel='{kernel}' cannot run here"):
-                kernels.choose_kernel(kernel, query, 0.0)
+                choose_kernel(kernel, query, 0.0)
             return
         ours, expected = (
-            lsg_attention(query, key_m, value_m, visible, margin, config, 0.35, 0.0, name)
+            attend_with(config, name, query, key_m, value_m, visible, margin)
             for name in (kernel, "reference")
         )
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
@@ -256,13 +264,18 @@ def test_auto_inference_matches_the_reference(sparsity_type):
 def test_auto_choice_follows_device_dtype_training_and_dropout():
     cpu32, cpu16 = torch.ones(1), torch.ones(1, dtype=torch.bfloat16)
     two_part = "cpu_two_part" if kernels.CPU_FLASH_ATTENTION else "sdpa"
-    assert kernels.choose_kernel("auto", cpu32, 0.0) == two_part
-    assert kernels.choose_kernel("auto", cpu32, 0.1) == "sdpa"  # attention dropout: the public kernel
-    assert kernels.choose_kernel("auto", cpu32, 0.0, eager_attention=True) == "eager"
+    assert kernels.choose_kernel("auto", cpu32, 0.0).name == two_part
+    assert kernels.choose_kernel("auto", cpu32, 0.1).name == "sdpa"  # attention dropout: the public kernel
+    assert kernels.choose_kernel("auto", cpu32, 0.0, eager_attention=True).name == "eager"
     with torch.no_grad():
-        assert kernels.choose_kernel("auto", cpu16, 0.0) == ("cpu_bf16_scores" if kernels.CPU_BF16 else two_part)
-    assert kernels.choose_kernel("auto", cpu16, 0.0) == two_part  # with autograd
-    assert kernels.choose_kernel("sdpa", cpu32, 0.1) == "sdpa"
+        assert kernels.choose_kernel("auto", cpu16, 0.0).name == ("cpu_bf16_scores" if kernels.CPU_BF16 else two_part)
+    assert kernels.choose_kernel("auto", cpu16, 0.0).name == two_part  # with autograd
+    chosen = kernels.choose_kernel("sdpa", cpu32, 0.1)
+    assert chosen.name == "sdpa" and chosen.attend_blocks is kernels.sdpa_kernel
+    # The CPU tuning is decided with the kernel: token chunks, and key sets rebuilt in the backward pass.
+    assert chosen.cpu_tuned and chosen.token_chunk == kernels.TOKEN_CHUNK and chosen.recompute_key_sets
+    with torch.no_grad():
+        assert not kernels.choose_kernel("sdpa", cpu32, 0.0).recompute_key_sets
     with pytest.raises(ValueError, match="lsg_kernel='cpu_two_part' cannot run here.*dropout"):
         kernels.choose_kernel("cpu_two_part", cpu32, 0.1)
     with pytest.raises(ValueError, match="lsg_kernel='cpu_bf16_scores' cannot run here"):
@@ -278,10 +291,12 @@ def test_auto_is_the_public_sdpa_kernel_on_cuda(monkeypatch):
     cuda = {dtype: SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=dtype) for dtype in dtypes}
     for query in cuda.values():
         for dropout in (0.0, 0.1):
-            assert kernels.choose_kernel("auto", query, dropout) == "sdpa"
+            assert kernels.choose_kernel("auto", query, dropout).name == "sdpa"
             with torch.no_grad():
-                assert kernels.choose_kernel("auto", query, dropout) == "sdpa"
-    assert kernels.choose_kernel("auto", cuda[torch.float32], 0.0, eager_attention=True) == "eager"
+                assert kernels.choose_kernel("auto", query, dropout).name == "sdpa"
+    assert kernels.choose_kernel("auto", cuda[torch.float32], 0.0, eager_attention=True).name == "eager"
+    on_cuda = kernels.choose_kernel("sdpa", cuda[torch.float32], 0.0)
+    assert not on_cuda.cpu_tuned and on_cuda.token_chunk is None and not on_cuda.recompute_key_sets
     monkeypatch.setattr(kernels, "triton_available", lambda: False)
     with pytest.raises(ValueError) as refused:
         kernels.choose_kernel("flex", cuda[torch.float32], 0.0)
@@ -289,7 +304,7 @@ def test_auto_is_the_public_sdpa_kernel_on_cuda(monkeypatch):
     assert "\n" not in message and "lsg_kernel='flex' cannot run here" in message and "Triton" in message
     if kernels.flex_attention is not None:
         monkeypatch.setattr(kernels, "triton_available", lambda: True)
-        assert kernels.choose_kernel("flex", cuda[torch.float32], 0.0) == "flex"
+        assert kernels.choose_kernel("flex", cuda[torch.float32], 0.0).name == "flex"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -314,9 +329,9 @@ def test_two_part_attention_equals_attention_over_the_union(dtype):
         qq, lk, lv, *rest = leaves
         parts = [(lk, lv, local[2])] + [(rest[2 * i], rest[2 * i + 1], c[2]) for i, c in enumerate(context)]
         if split:
-            out = attend_in_two_parts(qq, parts[0], parts[1:], 0.25)
+            out = attend_in_two_parts(qq, key_sets(parts[0], parts[1:], n, h), 0.25)
         else:  # the straightforward path over the joined key set, in float32 on the same inputs
-            key, value, visible = batch_key_sets(parts[1:] + parts[:1], n, h)
+            key, value, visible = key_sets(parts[0], parts[1:], n, h).joined()
             out = attend(qq, key, value, visible, 0.0, False, 0.25)
         out.float().pow(2).sum().backward()
         return out.float(), [x.grad.float() for x in leaves]
@@ -366,8 +381,7 @@ def test_chunked_processing_of_long_inputs_changes_nothing(sparsity_type, monkey
     input_ids, attention_mask = padded_batch([600, 450])
     results = []
     for token_chunk in (100_000, 64):  # one chunk; then groups of 4 blocks and chunks of 64 tokens
-        for module in (attention, modeling):  # each imported the constant
-            monkeypatch.setattr(module, "TOKEN_CHUNK", token_chunk)
+        monkeypatch.setattr(kernels, "TOKEN_CHUNK", token_chunk)
         out = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out.pow(2).mean().backward()
         results.append((out.detach(), model.encoder.layers[0].fc1.weight.grad.clone()))

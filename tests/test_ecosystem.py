@@ -187,7 +187,7 @@ print(linears, replaced, shapes)
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_the_summarization_pipeline_runs_an_int8_model():
-    from lsg_bart.modeling_lsg_bart import LSGBartSummarizationPipeline
+    from lsg_bart.pipeline_lsg_bart import LSGBartSummarizationPipeline
     from lsg_bart.tiny import build_tokenizer, sample_text
 
     tokenizer = build_tokenizer(model_max_length=1024)

@@ -10,8 +10,8 @@ from conftest import padded_batch, tiny_config
 from torch import nn
 
 from lsg_bart import LSGBartForConditionalGeneration, LSGBartModel
-from lsg_bart import lsg_kernels as kernels
-from lsg_bart.lsg_kernels import ONEDNN_LINEAR, RecomputedFeedForward, dropout, linear
+from lsg_bart import cpu_linear
+from lsg_bart.cpu_linear import ONEDNN_LINEAR, RecomputedFeedForward, dropout, linear
 
 needs_onednn = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN linear kernel")
 
@@ -76,7 +76,7 @@ def count_onednn_calls(monkeypatch):
         calls.append(args[3])  # the fused activation
         return ONEDNN_LINEAR(*args)
 
-    monkeypatch.setattr(kernels, "ONEDNN_LINEAR", counting)
+    monkeypatch.setattr(cpu_linear, "ONEDNN_LINEAR", counting)
     return calls
 
 
@@ -205,26 +205,26 @@ def test_dropout_zeroes_and_rescales_like_f_dropout():
 @needs_onednn
 def test_onednn_kernel_is_only_used_where_it_is_available_and_correct(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")  # e.g. an ARM processor
-    assert kernels.find_onednn_linear() is None
+    assert cpu_linear.find_onednn_linear() is None
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert kernels.find_onednn_linear() is ONEDNN_LINEAR
+    assert cpu_linear.find_onednn_linear() is ONEDNN_LINEAR
     wrong = SimpleNamespace(default=lambda x, weight, *args: torch.zeros(x.shape[0], weight.shape[0]))
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", wrong)
-    assert kernels.find_onednn_linear() is None
+    assert cpu_linear.find_onednn_linear() is None
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    assert kernels.find_onednn_linear() is None
+    assert cpu_linear.find_onednn_linear() is None
     # Without the kernel, `linear` is F.linear.
-    monkeypatch.setattr(kernels, "ONEDNN_LINEAR", None)
-    assert not kernels.uses_onednn(torch.ones(2, 3), torch.ones(4, 3))
+    monkeypatch.setattr(cpu_linear, "ONEDNN_LINEAR", None)
+    assert not cpu_linear.uses_onednn(torch.ones(2, 3), torch.ones(4, 3))
 
 
 @needs_onednn
 def test_few_rows_through_a_small_weight_go_through_f_linear():
-    few, rows = torch.ones(4, 8), torch.ones(kernels.ONEDNN_MIN_ROWS, 8)
-    assert not kernels.uses_onednn(few, torch.ones(16, 8))  # a decoding step's products
-    assert kernels.uses_onednn(rows, torch.ones(16, 8))
-    head = torch.ones(1, 8).expand(kernels.ONEDNN_MIN_WEIGHT // 8, 8)  # a language-modelling head, not allocated
-    assert kernels.uses_onednn(few, head)
+    few, rows = torch.ones(4, 8), torch.ones(cpu_linear.ONEDNN_MIN_ROWS, 8)
+    assert not cpu_linear.uses_onednn(few, torch.ones(16, 8))  # a decoding step's products
+    assert cpu_linear.uses_onednn(rows, torch.ones(16, 8))
+    head = torch.ones(1, 8).expand(cpu_linear.ONEDNN_MIN_WEIGHT // 8, 8)  # a language-modelling head, not allocated
+    assert cpu_linear.uses_onednn(few, head)
 
 
 class TaggedTensor(torch.Tensor):
@@ -234,8 +234,8 @@ class TaggedTensor(torch.Tensor):
 @needs_onednn
 def test_tensor_subclass_weights_and_other_dtypes_go_through_f_linear():
     x, weight = torch.ones(32, 3), torch.ones(4, 3)
-    assert kernels.uses_onednn(x, weight) and kernels.uses_onednn(x, nn.Parameter(weight))
-    assert not kernels.uses_onednn(x, weight.as_subclass(TaggedTensor))
-    assert not kernels.uses_onednn(x.bfloat16(), weight.bfloat16())
+    assert cpu_linear.uses_onednn(x, weight) and cpu_linear.uses_onednn(x, nn.Parameter(weight))
+    assert not cpu_linear.uses_onednn(x, weight.as_subclass(TaggedTensor))
+    assert not cpu_linear.uses_onednn(x.bfloat16(), weight.bfloat16())
     out = linear(x, weight.as_subclass(TaggedTensor))
     assert type(out) is TaggedTensor  # F.linear ran, with the subclass's dispatch

@@ -48,14 +48,16 @@ import json, sys
 sys.path.insert(0, {str(REPO / "tests")!r})
 from safetensors.torch import save_file
 import test_public_ops as t
-from lsg_bart import lsg_attention, lsg_kernels
+from lsg_bart import cpu_linear, lsg_attention, lsg_kernels
 out = sys.argv[1]
 results = {{}}
 for sparsity_type in t.SPARSITY_TYPES:
     results.update({{f"{{sparsity_type}}.{{k}}": v for k, v in t.encoder_results(sparsity_type).items()}})
 results["windows"] = t.windows_gradient(5, 2)
 save_file({{k: v.contiguous() for k, v in results.items()}}, out + "/results.safetensors")
-probes = {{name: getattr(lsg_kernels, name) not in (None, False) for name in t.PROBES}}
+modules = (cpu_linear, lsg_attention, lsg_kernels)
+probes = {{name: [getattr(m, name) for m in modules if hasattr(m, name)] for name in t.PROBES}}
+probes = {{name: found[0] not in (None, False) for name, found in probes.items()}}
 open(out + "/probes.json", "w").write(json.dumps(probes))
 """
 

@@ -1,0 +1,82 @@
+"""The decoder's cross-attention of LSG-BART: one set of keys and values per input, shared by its beams.
+
+Shapes: n inputs, g decoder rows per input (beams, returned sequences), q decoder positions, S encoder positions,
+h heads, d head dim.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers.models.bart.modeling_bart import BartAttention
+
+from .compat import accepted_kwargs, attention_result
+from .configuration_lsg_bart import LSGBartConfig
+from .cpu_linear import project
+
+
+class LSGBartCrossAttention(BartAttention):
+    """BART's decoder cross-attention (same weights) for encoder outputs that are not repeated per beam.
+
+    `generate` keeps one encoder output per input (see `LSGBartForConditionalGeneration`), while the decoder runs
+    `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
+    together to its keys and values. `generate` projects those once, before the first decoding step
+    (`encoder_keys_values`), so that a decoding step reads them and has nothing to decide: no copy per beam,
+    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights, one (h, q, S)
+    block per decoder row, are written out and returned when `output_attentions=True` is passed down or under
+    `attn_implementation="eager"` (as BART's eager attention does); otherwise the fused kernel runs.
+    """
+
+    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
+        super().__init__(
+            embed_dim=config.d_model,
+            num_heads=config.decoder_attention_heads,
+            dropout=config.attention_dropout,
+            is_decoder=True,
+            config=config,
+            **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
+        )
+        # (keys, values), each (n, h, S, d), of the encoder output of the running `generate` call, else None.
+        self.encoder_keys_values = None
+
+    def forward(self, hidden_states, key_value_states=None, attention_mask=None, layer_head_mask=None, **kwargs):
+        if layer_head_mask is not None:
+            raise ValueError("LSG-BART: head masks are not supported (transformers 5 removed them too).")
+        n_g, q, _ = hidden_states.shape
+        n, S, _ = key_value_states.shape
+        h, d = self.num_heads, self.head_dim
+        if n_g % n:
+            raise ValueError(f"LSG-BART cross-attention: {n_g} decoder rows for {n} encoder outputs.")
+        g = n_g // n
+        key, value = self.encoder_keys_values or self.keys_and_values(key_value_states)  # (n, h, S, d) each
+        query = project(self.q_proj, hidden_states)  # (n*g, q, h*d)
+        query = query.view(n, g * q, h, d).transpose(1, 2)  # (n, h, g*q, d): an input's rows together
+        if attention_mask is not None:  # (n*g | n, 1, q|1, S), the same for every row of an input
+            rows = 1 if attention_mask.shape[0] == n else g  # transformers 5 builds it from the encoder output
+            attention_mask = attention_mask[::rows, :, :1]  # (n, 1, 1, S)
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if kwargs.get("output_attentions") or self.config._attn_implementation == "eager":
+            # Written out, as BART's eager attention does, so that the weights can be returned.
+            scores = query @ key.transpose(-1, -2) * self.scaling  # (n, h, g*q, S)
+            if attention_mask is not None and attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            elif attention_mask is not None:
+                scores = scores + attention_mask  # additive
+            probs = scores.softmax(dim=-1)
+            out = F.dropout(probs, p=dropout_p, training=self.training) @ value  # (n, h, g*q, d)
+            weights = probs.view(n, h, g, q, S).transpose(1, 2).reshape(n_g, h, q, S)  # per decoder row
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout_p, scale=self.scaling
+            )  # (n, h, g*q, d)
+        out = out.transpose(1, 2).reshape(n_g, q, h * d)
+        return attention_result(project(self.out_proj, out), weights)
+
+    def keys_and_values(self, encoder_output):
+        """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d)."""
+        n, S, _ = encoder_output.shape
+        return tuple(
+            project(layer, encoder_output).view(n, S, self.num_heads, self.head_dim).transpose(1, 2)
+            for layer in (self.k_proj, self.v_proj)
+        )  # (n, h, S, d)

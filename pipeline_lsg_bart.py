@@ -1,0 +1,1 @@
+lsg_bart/pipeline_lsg_bart.py
