@@ -337,7 +337,7 @@ def matmul_kernels(torch, dtype) -> dict:
     """The ways to multiply two `dtype` matrices that PyTorch offers: `a @ b` (MKL for float32 on CPU, oneDNN for
     bfloat16) and oneDNN's linear kernel, which lsg-bart uses for float32, where the model's probe finds it works
     in that dtype (oneDNN refuses bfloat16 on CPUs without AVX-512, for one)."""
-    from lsg_bart.lsg_kernels import find_onednn_linear
+    from lsg_bart.cpu_linear import find_onednn_linear
 
     kernels = {"matmul": lambda a, b_t: a @ b_t.t()}
     onednn = find_onednn_linear(dtype)
