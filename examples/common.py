@@ -271,18 +271,6 @@ def load_model_and_tokenizer(model_args, config, auto_model_class, logger, **mod
     return tokenizer, model
 
 
-def input_length(requested, flag, tokenizer, config, logger):
-    """`requested` (the value of `flag`), or the model's length; never more than the model's position table."""
-    model_length = config.max_position_embeddings
-    length = requested or min(tokenizer.model_max_length, model_length)
-    if length > model_length:
-        logger.warning(
-            "%s=%d exceeds the model's max_position_embeddings=%d; using %d.", flag, length, model_length, model_length
-        )
-        length = model_length
-    return length
-
-
 def mean_loss_per_batch(model):
     """Tell the Trainer that the model's loss is a mean over its own batch.
 
@@ -296,8 +284,19 @@ def mean_loss_per_batch(model):
         model.accepts_loss_kwargs = False
 
 
-def train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, last_checkpoint):
-    """--do_train (then save the model, metrics and state) and --do_eval, as transformers' examples do."""
+def train_and_evaluate(trainer_class, model, tokenizer, training_args, train_dataset, eval_dataset, last_checkpoint,
+                       **trainer_kwargs):
+    """A `trainer_class` (`Trainer` or `Seq2SeqTrainer`) for the example's model, tokenizer and datasets
+    (`trainer_kwargs`: the collator, metrics and callbacks); then --do_train (saving the model, metrics and state)
+    and --do_eval, as transformers' examples do. Returns the trainer, for --do_predict."""
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        **trainer_kwargs,
+    )
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -313,3 +312,4 @@ def train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, last
         metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    return trainer

@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, als
 import common  # noqa: E402
 from common import BaseDataArguments, ModelArguments  # noqa: E402
 
+from lsg_bart.cli import input_length  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 
@@ -121,7 +123,7 @@ def main(argv=None, callbacks=None):
     tokenizer, model = common.load_model_and_tokenizer(
         model_args, config, AutoModelForSequenceClassification, logger, ignore_mismatched_sizes=True
     )
-    max_seq_length = common.input_length(data_args.max_seq_length, "--max_seq_length", tokenizer, config, logger)
+    max_seq_length = input_length(data_args.max_seq_length, "--max_seq_length", tokenizer, config, logger)
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples):
@@ -150,18 +152,10 @@ def main(argv=None, callbacks=None):
         # Inputs longer than two blocks are padded to a multiple of the block size by the model anyway.
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=getattr(config, "block_size", None))
 
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=data_collator,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-    )
-
-    common.train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, last_checkpoint)
+    trainer = common.train_and_evaluate(
+        Trainer, model, tokenizer, training_args, train_dataset, eval_dataset, last_checkpoint,
+        data_collator=data_collator, compute_metrics=compute_metrics, callbacks=callbacks,
+    )  # fmt: skip
 
     if training_args.do_predict:
         if "labels" in predict_dataset.column_names:

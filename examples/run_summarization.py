@@ -34,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, als
 import common  # noqa: E402
 from common import BaseDataArguments, ModelArguments  # noqa: E402
 
+from lsg_bart.cli import input_length  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 # Column names of a few public long-document summarisation datasets, used when the columns are not given.
@@ -85,11 +87,6 @@ class DataTrainingArguments(BaseDataArguments):
 def parse_args(argv=None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments) from `argv` or a single .json file."""
     return common.parse_args((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments), argv)
-
-
-def source_length(data_args, tokenizer, config):
-    """--max_source_length, or the model's length; never more than the model's position table."""
-    return common.input_length(data_args.max_source_length, "--max_source_length", tokenizer, config, logger)
 
 
 def sentences(text):
@@ -154,7 +151,7 @@ def main(argv=None, callbacks=None):
     summary_column = data_args.summary_column or default_summary
     common.check_columns(column_names, {"--text_column": text_column, "--summary_column": summary_column})
     tokenizer, model = common.load_model_and_tokenizer(model_args, config, AutoModelForSeq2SeqLM, logger)
-    max_source_length = source_length(data_args, tokenizer, config)
+    max_source_length = input_length(data_args.max_source_length, "--max_source_length", tokenizer, config, logger)
 
     padding = "max_length" if data_args.pad_to_max_length else False
 
@@ -214,18 +211,11 @@ def main(argv=None, callbacks=None):
     if training_args.generation_num_beams is None:
         training_args.generation_num_beams = data_args.num_beams
 
-    trainer = Seq2SeqTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=data_collator,
-        compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
-        callbacks=callbacks,
-    )
-
-    common.train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, last_checkpoint)
+    compute_metrics = build_compute_metrics(tokenizer) if training_args.predict_with_generate else None
+    trainer = common.train_and_evaluate(
+        Seq2SeqTrainer, model, tokenizer, training_args, train_dataset, eval_dataset, last_checkpoint,
+        data_collator=data_collator, compute_metrics=compute_metrics, callbacks=callbacks,
+    )  # fmt: skip
 
     if training_args.do_predict:
         results = trainer.predict(predict_dataset, metric_key_prefix="predict")

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Summarise long text files (or standard input) with an LSG-BART checkpoint.
 
-Each document is truncated to the model's length (`max_position_embeddings`, or `--max_source_length`), summarised
-with beam search, and written to standard output, to `--output_dir` (one `<name>.summary.txt` per file) or as JSON
-lines (`--jsonl`). A progress bar on standard error follows the documents.
+Each document goes through the package's summarization pipeline (`LSGBartSummarizationPipeline`): it is truncated to
+the model's length (`max_position_embeddings`, or `--max_source_length`), summarised with beam search, and written to
+standard output, to `--output_dir` (one `<name>.summary.txt` per file) or as JSON lines (`--jsonl`). A progress bar
+on standard error follows the documents.
 
     python examples/summarize.py --model path/to/lsg-bart-checkpoint report1.txt report2.txt
     cat report.txt | python examples/summarize.py --model path/to/checkpoint --num_beams 4 --max_new_tokens 256
@@ -11,20 +12,25 @@ lines (`--jsonl`). A progress bar on standard error follows the documents.
 """
 
 import argparse
+import importlib
 import json
 import logging
 import os
+import re
 import sys
 
-import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from lsg_bart.cli import OneLineErrorParser, input_length, one_line
 
-from lsg_bart.cli import OneLineErrorParser
+# torch, transformers and the checkpoint are loaded once the arguments and files are checked: `--help` and argument
+# errors answer without them (they take seconds to import).
 
 logger = logging.getLogger("summarize")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes
+# Devices as torch names them: cpu, cuda, cuda:1, mps, xpu, xpu:0, ...
+DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mlu|musa)(:\d+)?")
+GENERATION_FLAGS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty", "no_repeat_ngram_size",
+                    "repetition_penalty")  # fmt: skip
 
 
 def build_parser():
@@ -49,8 +55,8 @@ def build_parser():
         "--early_stopping", action="store_true", help="Stop the beam search once num_beams candidates have ended."
     )
     parser.add_argument("--batch_size", type=int, default=1, help="Documents per generate() call.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Weights' dtype.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ... (default: cuda when available).")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="Weights' dtype.")
     parser.add_argument("--output_dir", default=None, help="Write <name>.summary.txt files here.")
     parser.add_argument("--jsonl", action="store_true", help="Print one JSON object per document.")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
@@ -63,67 +69,67 @@ def build_parser():
     return parser
 
 
-def load(model_name_or_path, device=None, dtype=torch.float32, trust_remote_code=True):
-    """The checkpoint's model (eval mode, on `device`) and tokenizer."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
-
-
-def source_length(model, max_source_length=None):
-    """Tokens kept of each document: `max_source_length`, at most the model's position table."""
-    model_length = model.config.max_position_embeddings
-    if max_source_length is None:
-        return model_length
-    if max_source_length > model_length:
-        logger.warning(
-            "--max_source_length=%d exceeds the model's length %d; using %d.",
-            max_source_length,
-            model_length,
-            model_length,
-        )
-    return min(max_source_length, model_length)
-
-
 def generation_kwargs(args):
     """The generate() arguments given on the command line."""
-    kwargs = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
-    for name in ("min_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
+    kwargs = {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) is not None}
     if args.early_stopping:
         kwargs["early_stopping"] = True
     return kwargs
 
 
-@torch.inference_mode()
-def summarize(texts, model, tokenizer, max_source_length=None, batch_size=1, progress=True, **generate_kwargs):
+def load_summarizer(model_name_or_path, device=None, dtype="float32", trust_remote_code=True, max_source_length=None):
+    """The package's summarization pipeline on the checkpoint, on `device` (default: cuda when available). Its
+    tokenizer's `model_max_length` is set to the tokens kept of each document, at which the pipeline truncates:
+    `max_source_length`, at most the model's length (`lsg_bart.cli.input_length`)."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA device is available here; use --device cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        model_name_or_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
+    tokenizer.model_max_length = input_length(max_source_length, "--max_source_length", tokenizer, model.config, logger)
+    return summarization_pipeline_class()(model=model.eval(), tokenizer=tokenizer, device=device)
+
+
+def summarization_pipeline_class():
+    """The package's summarization pipeline: the one that LSG-BART checkpoints declare (`custom_pipelines`), here
+    from the installed package, so that it also serves checkpoints loaded without their own code."""
+    from lsg_bart.configuration_lsg_bart import CUSTOM_PIPELINES
+
+    module, name = CUSTOM_PIPELINES["summarization"]["impl"].rsplit(".", 1)
+    return getattr(importlib.import_module(f"lsg_bart.{module}"), name)
+
+
+def summarize(texts, summarizer, batch_size=1, progress=True, **generate_kwargs):
     """Summaries of `texts`, in order, as dicts: `summary`, `input_tokens` (kept), `truncated` (bool).
 
-    Each text is truncated to `max_source_length` tokens (default: the model's length); `generate_kwargs` go to
-    `model.generate` (beam search settings and lengths).
+    `summarizer` is the package's summarization pipeline (`load_summarizer`), which keeps the first
+    `summarizer.tokenizer.model_max_length` tokens of each text; `generate_kwargs` go to `generate` (beam search
+    settings and lengths).
     """
-    length = source_length(model, max_source_length)
+    from tqdm.auto import tqdm
+
+    tokenizer = summarizer.tokenizer
+    length = tokenizer.model_max_length
+    full_lengths = [len(ids) for ids in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+    # A generator makes the pipeline yield each document's summary as it is done, for the progress bar.
+    summaries = summarizer(
+        (text for text in texts),
+        batch_size=batch_size,
+        clean_up_tokenization_spaces=tokenizer.clean_up_tokenization_spaces,
+        **generate_kwargs,
+    )
     results = []
-    with tqdm(total=len(texts), desc="Summarising", unit="doc", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            full_lengths = [len(ids) for ids in tokenizer(batch, truncation=False, verbose=False)["input_ids"]]
-            inputs = tokenizer(batch, truncation=True, max_length=length, padding=True, return_tensors="pt")
-            inputs = inputs.to(model.device)
-            output_ids = model.generate(**inputs, **generate_kwargs)
-            summaries = tokenizer.batch_decode(output_ids, skip_special_tokens=True)
-            kept = inputs["attention_mask"].sum(dim=1).tolist()
-            for summary, full_length, kept_length in zip(summaries, full_lengths, kept):
-                results.append(
-                    {
-                        "summary": summary.strip(),
-                        "input_tokens": int(kept_length),
-                        "truncated": full_length > kept_length,
-                    }
-                )
-            bar.update(len(batch))
+    progress_bar = tqdm(summaries, total=len(texts), desc="Summarising", unit="doc", disable=not progress,
+                        file=sys.stderr)  # fmt: skip
+    for summary, full_length in zip(progress_bar, full_lengths):
+        kept = min(full_length, length)
+        results.append(
+            {"summary": summary[0]["summary_text"].strip(), "input_tokens": kept, "truncated": full_length > kept}
+        )
     return results
 
 
@@ -148,8 +154,8 @@ def read_documents(files):
 
 
 def check_arguments(args):
-    """The first problem with the command line that would otherwise show only after the model is loaded (or
-    never), as one sentence naming the argument; None if there is none."""
+    """The first problem with the command line, as one sentence naming the argument, or None. Only the standard
+    library is used: the checks answer before torch and the checkpoint are loaded."""
     for name in ("batch_size", "num_beams", "max_new_tokens", "max_source_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -162,52 +168,13 @@ def check_arguments(args):
                 return f"{path!r} is not a file (it does not exist or is a folder); give text files, or '-' for stdin"
     if args.output_dir is not None and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         return f"--output_dir {args.output_dir!r} exists and is not a folder"
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            return f"--device {args.device!r} is not a device; use cpu, cuda, cuda:1, ..."
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return f"--device {args.device!r}: no CUDA device is available here; use --device cpu"
+    if args.device is not None and not DEVICE.fullmatch(args.device):
+        return f"--device {args.device!r} is not a device; use cpu, cuda, cuda:1, mps, ..."
     return None
 
 
-def main(argv=None):
-    """Run summarize.py with command-line arguments `argv` (default: `sys.argv[1:]`). Returns the results (see
-    `summarize`). A bad argument, file or checkpoint exits with status 2 and one line naming it, before anything is
-    written."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", stream=sys.stderr)
-    problem = check_arguments(args)
-    if problem is not None:
-        parser.error(problem)
-    try:
-        documents = read_documents(args.files)
-    except ValueError as error:
-        parser.error(str(error))
-    try:
-        model, tokenizer = load(args.model, args.device, DTYPES[args.dtype], args.trust_remote_code)
-    except OSError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        parser.error(
-            f"--model {args.model!r}: cannot load a checkpoint ({reason}); expected a folder written by "
-            "lsg-bart-convert or save_pretrained, or a Hub model id"
-        )
-    results = summarize(
-        [text for _, text in documents],
-        model,
-        tokenizer,
-        max_source_length=args.max_source_length,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        **generation_kwargs(args),
-    )
-    truncated = [name for (name, _), result in zip(documents, results) if result["truncated"]]
-    if truncated:
-        length = source_length(model, args.max_source_length)
-        print(f"{len(truncated)} document(s) truncated to {length} tokens: {', '.join(truncated)}", file=sys.stderr)
-
+def write_results(documents, results, args):
+    """Each summary to `--output_dir`, as a JSON line (`--jsonl`) or as text on standard output."""
     if args.output_dir is not None:
         os.makedirs(args.output_dir, exist_ok=True)
     for (name, _), result in zip(documents, results):
@@ -223,6 +190,42 @@ def main(argv=None):
             print(f"==> {name} <==\n{result['summary']}\n")
         else:
             print(result["summary"])
+
+
+def main(argv=None):
+    """Run summarize.py with command-line arguments `argv` (default: `sys.argv[1:]`). Returns the results (see
+    `summarize`). A bad argument, file or checkpoint exits with status 2 and one line naming it, before anything is
+    written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", stream=sys.stderr)
+    problem = check_arguments(args)
+    if problem is not None:
+        parser.error(problem)
+    try:
+        documents = read_documents(args.files)
+        summarizer = load_summarizer(
+            args.model, args.device, args.dtype, args.trust_remote_code, max_source_length=args.max_source_length
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    except OSError as error:
+        parser.error(
+            f"--model {args.model!r}: cannot load a checkpoint ({one_line(error) or type(error).__name__}); expected "
+            "a folder written by lsg-bart-convert or save_pretrained, or a Hub model id"
+        )
+    results = summarize(
+        [text for _, text in documents],
+        summarizer,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        **generation_kwargs(args),
+    )
+    truncated = [name for (name, _), result in zip(documents, results) if result["truncated"]]
+    if truncated:
+        length = summarizer.tokenizer.model_max_length
+        print(f"{len(truncated)} document(s) truncated to {length} tokens: {', '.join(truncated)}", file=sys.stderr)
+    write_results(documents, results, args)
     return results
 
 

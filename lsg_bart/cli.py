@@ -1,4 +1,5 @@
-"""What the command lines of the package and of `examples/` share: one-line errors and the `--model_kwargs` JSON.
+"""What the command lines of the package and of `examples/` share: one-line errors, the `--model_kwargs` JSON and
+the input length a flag asks for.
 
 Standard library only, so that `--help` and argument errors answer before torch and transformers are imported.
 """
@@ -36,3 +37,17 @@ def json_object(text, flag="--model_kwargs"):
     if not isinstance(value, dict):
         raise ValueError(f"{flag} must be a JSON object (a dict of config fields), got {text!r}")
     return value
+
+
+def input_length(requested, flag, tokenizer, config, logger):
+    """The tokens kept of each input: `requested` (the value of `flag`), or the model's length (the tokenizer's
+    `model_max_length` or the config's `max_position_embeddings`, whichever is smaller); never more than the
+    position table, with a warning on `logger` when `requested` is cut."""
+    model_length = config.max_position_embeddings
+    length = requested or min(tokenizer.model_max_length, model_length)
+    if length > model_length:
+        logger.warning(
+            "%s=%d exceeds the model's max_position_embeddings=%d; using %d.", flag, length, model_length, model_length
+        )
+        length = model_length
+    return length

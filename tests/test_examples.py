@@ -18,9 +18,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 from transformers import pipeline as hf_pipeline
 
 from lsg_bart import REMOTE_CODE_FILES, LSGBartConfig
+from lsg_bart.cli import input_length
 from lsg_bart.tiny import sample_text
 
-from conftest import load_example, write_jsonl
+from conftest import EXAMPLES, load_example, write_jsonl
 
 CODE_FILES = REMOTE_CODE_FILES
 
@@ -81,6 +82,14 @@ class Probe(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.calls.append(self._count)
+
+
+def checkpoint_and_files(checkpoint, data, *splits):
+    """The arguments naming the checkpoint and the data file of each of `splits`."""
+    argv = ["--model_name_or_path", str(checkpoint)]
+    for split in splits:
+        argv += [f"--{split}_file", str(data[split])]
+    return argv
 
 
 def common_args(output_dir, max_steps=3):
@@ -154,11 +163,7 @@ def test_summarization_trains_evaluates_predicts_and_saves_remote_code_folder(
 ):
     output_dir = tmp_path / "out"
     probe = Probe()
-    argv = [
-        "--model_name_or_path", str(tiny_checkpoint),
-        "--train_file", summarization_data["train"],
-        "--validation_file", summarization_data["validation"],
-        "--test_file", summarization_data["test"],
+    argv = checkpoint_and_files(tiny_checkpoint, summarization_data, "train", "validation", "test") + [
         "--text_column", "article",
         "--summary_column", "abstract",
         "--max_source_length", "256",
@@ -209,9 +214,7 @@ def test_summarization_reads_csv_and_evaluates_without_training(tiny_checkpoint,
         for seed in range(3):
             writer.writerow([sample_text(120, seed), sample_text(10, 50 + seed)])
     output_dir = tmp_path / "out"
-    argv = [
-        "--model_name_or_path", str(tiny_checkpoint),
-        "--validation_file", str(path),
+    argv = checkpoint_and_files(tiny_checkpoint, {"validation": path}, "validation") + [
         "--do_eval", "--predict_with_generate",
         "--generation_max_length", "6",
     ] + common_args(output_dir)  # fmt: skip
@@ -259,7 +262,7 @@ def test_summarization_rejects_unknown_columns_and_clamps_source_length(tiny_che
     )
     config = LSGBartConfig(max_position_embeddings=4096)
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
-    assert run_summarization.source_length(data_args, tokenizer, config) == 4096
+    assert input_length(data_args.max_source_length, "--max_source_length", tokenizer, config, run_summarization.logger) == 4096
 
 
 def test_gradient_accumulation_logs_the_mean_loss(tiny_checkpoint, summarization_data, tmp_path):
@@ -346,11 +349,7 @@ def classification_data(tmp_path_factory):
 def test_classification_trains_evaluates_predicts_and_serves_a_pipeline(tiny_checkpoint, classification_data, tmp_path):
     output_dir = tmp_path / "out"
     probe = Probe()
-    argv = [
-        "--model_name_or_path", str(tiny_checkpoint),
-        "--train_file", classification_data["train"],
-        "--validation_file", classification_data["validation"],
-        "--test_file", classification_data["test"],
+    argv = checkpoint_and_files(tiny_checkpoint, classification_data, "train", "validation", "test") + [
         "--max_seq_length", "256",
         "--do_train", "--do_eval", "--do_predict",
         "--logging_steps", "1",
@@ -435,6 +434,71 @@ def test_summarize_files_truncates_uses_beam_settings_and_shows_progress(tiny_ch
         expected = tokenizer.decode(expected_ids[0], skip_special_tokens=True).strip()
         assert result["summary"] == expected
         assert (output_dir / f"{name}.summary.txt").read_text(encoding="utf-8") == expected + "\n"
+
+
+SUMMARIZE_BEFORE_HEAVY_IMPORTS = r"""
+import contextlib, importlib.abc, importlib.util, io, json, os, sys
+
+
+class Unimportable(importlib.abc.MetaPathFinder):  # as if torch and transformers were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "safetensors", "tqdm"):
+            raise ImportError(f"{name} is blocked in this process")
+
+
+sys.meta_path.insert(0, Unimportable())
+spec = importlib.util.spec_from_file_location("summarize", sys.argv[1])
+summarize = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(summarize)
+os.makedirs("folder")
+with open("doc.txt", "w") as f:
+    f.write("A document.")
+with open("binary.txt", "wb") as f:
+    f.write(b"\xff\xfe\x00binary")
+results = []
+for argv in json.loads(sys.argv[2]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            summarize.main(argv)
+        except SystemExit as exit:
+            results.append({"code": exit.code, "out": out.getvalue(), "err": err.getvalue()})
+print(json.dumps(results))
+print(sorted(name for name in ("torch", "transformers", "safetensors") if name in sys.modules))
+"""
+# Each argument error of summarize.py, and its one-line message (after "PROG: error: ").
+SUMMARIZE_ERRORS = [
+    (["doc.txt"], "the following arguments are required: --model"),
+    (["--model", "ckpt", "missing.txt"], "'missing.txt' is not a file (it does not exist or is a folder)"),
+    (["--model", "ckpt", "folder"], "'folder' is not a file"),
+    (["--model", "ckpt", "binary.txt"], "'binary.txt' is not UTF-8 text"),
+    (["--model", "ckpt", "doc.txt", "--batch_size", "0"], "--batch_size must be a positive integer, got 0"),
+    (["--model", "ckpt", "doc.txt", "--num_beams", "0"], "--num_beams must be a positive integer, got 0"),
+    (["--model", "ckpt", "doc.txt", "--max_source_length", "-1"], "--max_source_length must be a positive integer"),
+    (["--model", "ckpt", "doc.txt", "--max_new_tokens", "4", "--min_new_tokens", "9"],
+     "--min_new_tokens must be from 0 to --max_new_tokens=4, got 9"),
+    (["--model", "ckpt", "doc.txt", "--output_dir", "doc.txt"], "--output_dir 'doc.txt' exists and is not a folder"),
+    (["--model", "ckpt", "doc.txt", "--device", "gpu0"], "--device 'gpu0' is not a device"),
+    (["--model", "ckpt", "doc.txt", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    (["--model", "ckpt", "doc.txt", "--num_beams", "two"], "argument --num_beams: invalid int value: 'two'"),
+]
+
+
+def test_summarize_help_and_argument_errors_answer_before_heavy_imports(tmp_path):
+    """summarize.py's `--help` and argument errors answer with torch and transformers unimportable."""
+    cases = [["--help"]] + [argv for argv, _ in SUMMARIZE_ERRORS]
+    script = str(EXAMPLES / "summarize.py")
+    result = subprocess.run([sys.executable, "-c", SUMMARIZE_BEFORE_HEAVY_IMPORTS, script, json.dumps(cases)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    results, imported = result.stdout.strip().splitlines()
+    assert imported == "[]"
+    help_run, *errors = json.loads(results)
+    assert help_run["code"] == 0 and "package's summarization pipeline" in help_run["out"]
+    for (argv, expected), got in zip(SUMMARIZE_ERRORS, errors):
+        assert got["code"] == 2, (argv, got)
+        prog, message = got["err"].split(": error: ", 1)
+        assert message.startswith(expected) and message.count("\n") == 1, (argv, got)
 
 
 def test_summarize_reads_stdin_and_caps_length_at_the_model(tiny_checkpoint, monkeypatch, capsys):
