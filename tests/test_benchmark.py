@@ -41,23 +41,38 @@ def quick_run(tmp_path_factory):
     return out_dir, proc
 
 
-def test_quick_run_writes_json_with_positive_times(quick_run):
+def test_quick_run_reports_each_implementation_and_the_bf16_comparison(quick_run):
+    """What the benchmark is for: a row for each requested implementation, its figures derived from its own timings
+    (median, tokens/s, memory, the share of the LSG floor), and bf16 compared with float32 in the same run."""
     out_dir, _ = quick_run
     results = json.loads((out_dir / "results.json").read_text())
     measured = {(row["key"], row["mode"], row["length"]): row for row in results["rows"]}
-    expected = {("lsg_norm", "infer", 1024), ("lsg_bf16", "infer", 1024)}
-    assert set(measured) == expected
-    for row in measured.values():
+    assert set(measured) == {("lsg_norm", "infer", 1024), ("lsg_bf16", "infer", 1024)}
+    fp32, bf16 = measured[("lsg_norm", "infer", 1024)], measured[("lsg_bf16", "infer", 1024)]
+    for row, impl, dtype in ((fp32, "lsg", "float32"), (bf16, "lsg_bf16", "bfloat16")):
         assert row["status"] == "ok", row
-        assert row["median_s"] > 0 and all(t > 0 for t in row["times_s"])
-        assert row["tokens_per_s"] > 0
-        assert row["baseline_mb"] > 0 and row["peak_mb"] > 0
-    assert results["matmul"]["float32"]["best"] > 0 and results["matmul"]["bfloat16"]["best"] > 0
-    assert measured[("lsg_norm", "infer", 1024)]["floor_fraction"] > 0
+        assert (row["impl"], row["setting"], row["dtype"]) == (impl, "norm b128 s128 f2", dtype)
+        assert len(row["times_s"]) == results["meta"]["repeats"] == 1  # --quick: one timed run after the warm-up
+        assert row["median_s"] == statistics.median(row["times_s"])
+        assert row["tokens_per_s"] == pytest.approx(1024 / row["median_s"])
+        assert row["extra_mb"] == pytest.approx(row["peak_mb"] - row["baseline_mb"])
 
-    (bf16,) = results["comparisons"]["bf16"]
-    assert bf16["speedup"] > 0
-    assert 0 < bf16["rel_l2_err"] < 0.1  # bf16 keeps about 3 significant digits
+    # The LSG floor: the FLOPs of the tiny encoder at the measured float32 matmul rate, against float32 rows only.
+    matmul = results["matmul"]
+    for dtype in ("float32", "bfloat16"):
+        assert set(matmul[dtype]["shapes"]) >= {"matmul 512x256x256", "matmul 256x256x256"}
+        assert matmul[dtype]["best"] == max(matmul[dtype]["shapes"].values())
+    floor_s = bench.lsg_floor_flops(1024, results["meta"]["size"]) / (matmul["float32"]["best"] * 1e9)
+    assert results["floor"]["1024"]["seconds"] == pytest.approx(floor_s)
+    assert fp32["floor_fraction"] == pytest.approx(floor_s / fp32["median_s"])
+    assert "floor_fraction" not in bf16
+
+    (comparison,) = results["comparisons"]["bf16"]
+    assert (comparison["fp32_s"], comparison["bf16_s"]) == (fp32["median_s"], bf16["median_s"])
+    assert comparison["speedup"] == pytest.approx(fp32["median_s"] / bf16["median_s"])
+    assert (comparison["fp32_extra_mb"], comparison["bf16_extra_mb"]) == (fp32["extra_mb"], bf16["extra_mb"])
+    assert all(comparison[name] == bf16[name] for name in ("max_abs_err", "rel_max_err", "rel_l2_err"))
+    assert comparison["rel_l2_err"] < 0.1  # bf16 keeps about 3 significant digits
     assert results["original"]["label"] == "original (from file, measured 2026-11-24)"
     assert len(results["original"]["rows"]) == 13
     assert results["comparisons"]["original"] == []  # the original's figures are at base size, --quick is tiny
@@ -99,10 +114,10 @@ def test_worker_measures_training_and_a_peer(key, mode):
         row = bench.measure_setting(task)
     finally:
         torch.set_num_threads(threads)
-    assert len(row["times_s"]) == 2 and all(t > 0 for t in row["times_s"]) and row["warmup_s"] > 0
+    assert len(row["times_s"]) == 2  # the repeats asked for (the warm-up is not one of them)
     assert row["median_s"] == statistics.median(row["times_s"])
-    assert row["baseline_mb"] > 0 and row["peak_mb"] >= row["baseline_mb"]
-    assert row["extra_mb"] == row["peak_mb"] - row["baseline_mb"]
+    assert row["peak_mb"] >= row["baseline_mb"] and row["extra_mb"] == row["peak_mb"] - row["baseline_mb"]
+    assert row["memory_method"] in ("VmHWM reset after build", "lifetime VmHWM (reset not allowed)")
 
 
 def test_reports_can_be_rewritten_from_json(quick_run, tmp_path):
