@@ -66,9 +66,9 @@ class LSGBartConfig(ConfigBase):
         lsh_num_pre_rounds (`int`, defaults to 1):
             Number of LSH rounds that merge tokens before the final round (`"lsh"` only).
         lsg_kernel (`str`, defaults to `"auto"`):
-            The attention kernel: `"auto"` chooses per call from the device, dtype, training and dropout (see
-            `lsg_kernels.choose_kernel`); or one of `"reference"`, `"flex"`, `"eager"`, `"sdpa"`, `"cpu_two_part"`,
-            `"cpu_bf16_scores"`. Every kernel computes the same attention.
+            The attention kernel: `"auto"` chooses one per forward pass from the device, dtype, training and
+            dropout (see `lsg_kernels.choose_kernel`); or one of `"reference"`, `"flex"`, `"eager"`, `"sdpa"`,
+            `"cpu_two_part"`, `"cpu_bf16_scores"`. Every kernel computes the same attention.
         lsh_seed (`int`, *optional*):
             Seed of the LSH random projections. When set, every forward pass draws the same projections, so `"lsh"`
             outputs are reproducible; when `None`, they are drawn from torch's global generator.

@@ -4,12 +4,14 @@ PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among th
 reaches a lower rate than oneDNN on the same cores (docs/benchmark.md). `linear` sends plain float32 tensors on
 CPU to oneDNN's linear kernel, forward and backward (same float32 arithmetic), after probing it once; anything it
 does not recognise (other dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to
-`F.linear`. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`.
+`F.linear`. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
+an encoder layer's feed-forward block with these products, keeping less for the backward pass on CPU.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .compat import autocast_enabled, probe, tracing
 
@@ -168,3 +170,29 @@ def dropout(x, p, training):
     if training and 0 < p < 1 and x.device.type == "cpu" and not tracing():
         return torch.native_dropout(x, p, True)[0]
     return F.dropout(x, p=p, training=training)
+
+
+def feed_forward(layer, x, exact_gelu, recompute):
+    """BART's feed-forward block of encoder layer `layer` (its `fc1`, `activation_fn`, `activation_dropout`, `fc2`):
+    (..., d_model) -> (..., d_model). `exact_gelu`: the activation is the exact (erf) GELU.
+
+    Plain layers with biases around the exact GELU get the GELU fused into fc1's product. With `recompute` (CPU
+    training), fc1's output, 4x wider than `x` and the largest tensor a layer would keep, is recomputed in the
+    backward pass instead of kept; elsewhere recomputation is left to activation checkpointing, when it is asked for.
+    """
+    fc1, fc2 = layer.fc1, layer.fc2
+    plain = exact_gelu and all(is_plain_linear(fc) and fc.bias is not None for fc in (fc1, fc2))
+
+    def activate_and_project(hidden):  # (..., ffn) -> (..., d_model)
+        activated = dropout(layer.activation_fn(hidden), layer.activation_dropout, layer.training)
+        return project(fc2, activated)
+
+    if recompute:
+        no_activation_dropout = layer.activation_dropout == 0 or not layer.training
+        if plain and no_activation_dropout and not autocast_enabled(x.device.type):  # autocast: mixed dtypes
+            return RecomputedFeedForward.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return checkpoint(activate_and_project, project(fc1, x), use_reentrant=False)
+    if plain:
+        activated = dropout(linear_gelu(x, fc1.weight, fc1.bias), layer.activation_dropout, layer.training)
+        return project(fc2, activated)
+    return activate_and_project(project(fc1, x))

@@ -5,7 +5,7 @@ the same rules before torch and transformers are imported (they take seconds to 
 """
 
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
-# The attention kernels (lsg_kernels.KERNELS), or "auto" to let the model choose per call.
+# The attention kernels (lsg_kernels.KERNELS), or "auto" to let the model choose one per forward pass.
 LSG_KERNELS = ("auto", "reference", "flex", "eager", "sdpa", "cpu_two_part", "cpu_bf16_scores")
 MAX_GLOBAL_TOKENS = 512
 

@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
@@ -38,7 +37,7 @@ from transformers.models.bart.modeling_bart import (
 )
 
 from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
-from .cpu_linear import RecomputedFeedForward, dropout, is_plain_linear, linear, linear_gelu, project
+from .cpu_linear import dropout, feed_forward, is_plain_linear, linear, project
 from .lsg_attention import AttentionInputs, AttentionSettings, chunk_starts, lsg_attention
 from .cross_attention import LSGBartCrossAttention
 from .lsg_kernels import choose_kernel
@@ -46,7 +45,6 @@ from .lsg_kernels import choose_kernel
 from .pipeline_lsg_bart import LSGBartSummarizationPipeline  # noqa: F401
 from .compat import (
     accepted_kwargs,
-    autocast_enabled,
     call_layer,
     can_return_tuple,
     output_requested,
@@ -162,43 +160,10 @@ class LSGBartEncoderLayer(BartEncoderLayer):
         """Residual and layer norm, then BART's feed-forward block: (n, chunk, d_model) -> (n, chunk, d_model)."""
         attended = dropout(attended, self.dropout, self.training)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        if torch.is_grad_enabled() and kernel.cpu_tuned:
-            fed_forward = self.feed_forward_for_training(hidden_states)
-        else:
-            fed_forward = self.project_down(self.fc1_activated(hidden_states))
+        recompute = torch.is_grad_enabled() and kernel.cpu_tuned
+        fed_forward = feed_forward(self, hidden_states, self.exact_gelu, recompute)
         fed_forward = dropout(fed_forward, self.dropout, self.training)
         return self.final_layer_norm(hidden_states + fed_forward)
-
-    def plain_gelu_block(self):
-        """Whether the feed-forward block is plain linear layers with biases around the exact GELU."""
-        layers = (self.fc1, self.fc2)
-        return self.exact_gelu and all(is_plain_linear(layer) and layer.bias is not None for layer in layers)
-
-    def feed_forward_for_training(self, hidden_states):
-        """The feed-forward block with autograd on CPU, keeping less than fc1's 4x-wide output for the backward
-        pass (elsewhere recomputation is left to activation checkpointing, when it is asked for)."""
-        autocast = autocast_enabled(hidden_states.device.type)  # its backward would get mixed dtypes
-        if self.plain_gelu_block() and (self.activation_dropout == 0 or not self.training) and not autocast:
-            fc1, fc2 = self.fc1, self.fc2
-            return RecomputedFeedForward.apply(hidden_states, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
-        # Otherwise the activation's output, the largest tensor, is recomputed instead of kept.
-        fed_forward = project(self.fc1, hidden_states)  # (n, chunk, ffn_dim)
-        return checkpoint(self.activate_and_project, fed_forward, use_reentrant=False)
-
-    def fc1_activated(self, hidden_states):
-        """The activation of `fc1`'s output, (n, chunk, ffn_dim); one oneDNN call for float32 GELU on CPU."""
-        if self.plain_gelu_block():
-            return linear_gelu(hidden_states, self.fc1.weight, self.fc1.bias)
-        return self.activation_fn(project(self.fc1, hidden_states))
-
-    def activate_and_project(self, fed_forward):
-        """Activation, activation dropout and `fc2`: (n, chunk, ffn_dim) -> (n, chunk, d_model)."""
-        return self.project_down(self.activation_fn(fed_forward))
-
-    def project_down(self, activated):
-        """Activation dropout and `fc2`: (n, chunk, ffn_dim) -> (n, chunk, d_model)."""
-        activated = dropout(activated, self.activation_dropout, self.training)
-        return project(self.fc2, activated)
 
 
 class LSGBartPreTrainedModel(BartPreTrainedModel):
