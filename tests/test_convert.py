@@ -801,7 +801,8 @@ sys.meta_path.insert(0, Unimportable())
 os.makedirs("used/notes")
 os.makedirs("src")
 with open("src/config.json", "w") as f:  # a BART source: its config is all the checks read
-    json.dump({"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "max_position_embeddings": 1024}, f)
+    json.dump({"model_type": "bart", "architectures": ["BartForConditionalGeneration"],
+               "max_position_embeddings": 1024}, f)
 from lsg_bart.convert import convert_checkpoint, main
 
 results = []

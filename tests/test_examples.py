@@ -262,7 +262,8 @@ def test_summarization_rejects_unknown_columns_and_clamps_source_length(tiny_che
     )
     config = LSGBartConfig(max_position_embeddings=4096)
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
-    assert input_length(data_args.max_source_length, "--max_source_length", tokenizer, config, run_summarization.logger) == 4096
+    logger = run_summarization.logger
+    assert input_length(data_args.max_source_length, "--max_source_length", tokenizer, config, logger) == 4096
 
 
 def test_gradient_accumulation_logs_the_mean_loss(tiny_checkpoint, summarization_data, tmp_path):
