@@ -311,10 +311,12 @@ class ConversionPlan:
 
     @property
     def lsg_source(self):
+        """Whether the source is an LSG-BART checkpoint (new or legacy)."""
         return is_lsg_config(self.source_config)
 
     @property
     def source_length(self):
+        """The source's `max_position_embeddings` (None if its config has none)."""
         return self.source_config.get("max_position_embeddings")
 
 

@@ -30,10 +30,12 @@ KIND_NAMES = {bool: "true or false", int: "an integer", str: "a string", type(No
 
 
 def one_of(choices):
+    """A field check: the value must be one of `choices`."""
     return lambda value: None if value in choices else f"expected one of {', '.join(choices)}"
 
 
 def at_least(lowest, allowed):
+    """A field check: the value must be `lowest` or more (`allowed` says what is)."""
     return lambda value: None if value >= lowest else allowed
 
 
