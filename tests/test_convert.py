@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -352,6 +353,16 @@ def test_output_folder_contents(tiny_bart, tmp_path):
     assert {"lsg", "long-context", "bart"} <= set(data["tags"])
     assert "| `sparsity_type` | `pooling` |" in card.text and "| `max_sequence_length` | `1008` |" in card.text
     assert "AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)" in card.text
+
+
+def test_the_modeling_file_imports_every_remote_code_file():
+    """A legacy checkpoint's auto_map names modeling_lsg_bart.py for every class, including its config, and
+    transformers 4.46 to 5.0 (at least) copy out of a local folder only the files that the entry file itself imports:
+    every remote-code file must be imported by modeling_lsg_bart.py directly (.ci/version_matrix.sh runs them)."""
+    text = (Path(lsg_bart.__file__).parent / "modeling_lsg_bart.py").read_text()
+    imported = set(re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE))
+    missing = sorted({name[: -len(".py")] for name in REMOTE_CODE_FILES} - imported - {"modeling_lsg_bart"})
+    assert not missing, f"modeling_lsg_bart.py must import these modules itself: {missing}"
 
 
 FRESH_PROCESS = r"""
