@@ -36,12 +36,14 @@ from transformers.models.bart.modeling_bart import (
     shift_tokens_right,
 )
 
-from .configuration_lsg_bart import MAX_GLOBAL_TOKENS, LSGBartConfig
+from .configuration_lsg_bart import LSGBartConfig
 from .cpu_linear import dropout, feed_forward, is_plain_linear, linear, project
-from .lsg_attention import AttentionInputs, AttentionSettings, chunk_starts, lsg_attention
 from .cross_attention import LSGBartCrossAttention
+from .lsg_attention import AttentionInputs, AttentionSettings, chunk_starts, lsg_attention
 from .lsg_kernels import choose_kernel
-# Not used here: `save_pretrained` copies the files that this one imports, and configs name this pipeline.
+from .lsg_settings import MAX_GLOBAL_TOKENS
+# Not used here: `save_pretrained` copies the files that this one imports (older transformers load only those),
+# and configs name this pipeline.
 from .pipeline_lsg_bart import LSGBartSummarizationPipeline  # noqa: F401
 from .compat import (
     accepted_kwargs,

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from conftest import padded_batch, tiny_config
-from transformers import AutoConfig, AutoModel
 
 from lsg_bart import (
     SPARSITY_TYPES,
