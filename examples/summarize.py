@@ -12,7 +12,6 @@ on standard error follows the documents.
 """
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -84,23 +83,19 @@ def load_summarizer(model_name_or_path, device=None, dtype="float32", trust_remo
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from lsg_bart.compat import DTYPE_ARGUMENT
+    from lsg_bart.pipeline_lsg_bart import LSGBartSummarizationPipeline
+
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: no CUDA device is available here; use --device cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForSeq2SeqLM.from_pretrained(
-        model_name_or_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        model_name_or_path, trust_remote_code=trust_remote_code, **{DTYPE_ARGUMENT: getattr(torch, dtype)}
     )
     tokenizer.model_max_length = input_length(max_source_length, "--max_source_length", tokenizer, model.config, logger)
-    return summarization_pipeline_class()(model=model.eval(), tokenizer=tokenizer, device=device)
-
-
-def summarization_pipeline_class():
-    """The package's summarization pipeline: the one that LSG-BART checkpoints declare (`custom_pipelines`), here
-    from the installed package, so that it also serves checkpoints loaded without their own code."""
-    from lsg_bart.configuration_lsg_bart import CUSTOM_PIPELINES
-
-    module, name = CUSTOM_PIPELINES["summarization"]["impl"].rsplit(".", 1)
-    return getattr(importlib.import_module(f"lsg_bart.{module}"), name)
+    # The installed package's pipeline, the one that LSG-BART checkpoints declare: it also serves checkpoints loaded
+    # without their own code.
+    return LSGBartSummarizationPipeline(model=model.eval(), tokenizer=tokenizer, device=device)
 
 
 def summarize(texts, summarizer, batch_size=1, progress=True, **generate_kwargs):
