@@ -3,9 +3,10 @@
 - Blocks: each block of `bs` tokens attends to its local window (itself and its two neighbours, views of the
   keys), to `sbs` sparse tokens before and after that window, and to the global tokens (section 4).
 - Sparse tokens: each selector compresses the t keys and values to t/f tokens (section 5).
-- Attend: `lsg_attention` hands the query blocks and their key sets, or the whole key bank and the mask
-  function `lsg_mask` (the pattern written as one boolean function of the indices), to the kernel that
-  `lsg_kernels.choose_kernel` picked; the `reference` kernel writes that mask out densely.
+- Attend: `lsg_attention` hands the query blocks and their key sets (`key_sets` lays them out as
+  `lsg_kernels.KeySets`), or the whole key bank and the mask function `lsg_mask` (the pattern written as one
+  boolean function of the indices), to the `Kernel` that the encoder chose for the forward pass
+  (`lsg_kernels.choose_kernel`); the `reference` kernel writes that mask out densely.
 
 Shapes: n batch, h heads, T tokens with the global ones, t tokens without them (a multiple of the block size),
 d head dim, G global tokens, bs block size, nb = t / bs blocks, f sparsity factor, sbs sparse block size,
