@@ -216,6 +216,20 @@ def output_requested(config, kwargs, name):
     return bool(getattr(config, name, False) if value is None else value)
 
 
+def cached_length(past_key_values):
+    """How many decoder tokens a cache already holds, where its shapes say so (legacy tuples, dynamic caches); 0
+    for none, while tracing, and for static caches, whose length is in their contents (reading it costs a pass
+    over the cache)."""
+    if past_key_values is None or tracing():
+        return 0
+    if isinstance(past_key_values, (tuple, list)):  # before 4.52: per layer (self key, self value, ...)
+        return past_key_values[0][0].shape[-2] if len(past_key_values) else 0
+    if getattr(past_key_values, "is_compileable", False):
+        return 0
+    length = past_key_values.get_seq_length()
+    return length if isinstance(length, int) else 0
+
+
 # Before 4.52 (legacy tuple caches) an attention layer also returns its part of the cache; the decoder layer appends
 # the cross-attention's part to the self-attention's.
 ATTENTION_RETURNS_CACHE = "cross_attn_present_key_value" in inspect.getsource(BartDecoderLayer.forward)
@@ -307,6 +321,7 @@ __all__ = [
     "accepted_kwargs",
     "attention_result",
     "autocast_enabled",
+    "cached_length",
     "call_layer",
     "can_return_tuple",
     "config_class",

@@ -11,6 +11,7 @@ from .lsg_settings import (
     SPARSITY_TYPES,
     check_field,
     check_lsg_settings,
+    positions_problem,
 )
 
 # transformers 5 has no "summarization" pipeline of its own; checkpoints declare this one (used on 4.x too).
@@ -47,9 +48,10 @@ class LSGBartConfig(ConfigBase):
             Pad the input on the right to a multiple of `block_size` when needed. When `False`, inputs longer than
             `2 * block_size` whose length is not a multiple of `block_size` are rejected.
         block_size (`int`, defaults to 128):
-            Size of the local attention blocks.
+            Size of the local attention blocks, at most `max_position_embeddings`.
         sparse_block_size (`int`, defaults to 128):
-            Number of compressed tokens each block sees on each side of its local window; 0 disables sparse attention.
+            Number of compressed tokens each block sees on each side of its local window, at most
+            `max_position_embeddings`; 0 disables sparse attention.
         sparsity_factor (`int`, defaults to 2):
             Compression factor of the sparse tokens; must divide `block_size`.
         sparsity_type (`str`, defaults to `"norm"`):
@@ -64,13 +66,13 @@ class LSGBartConfig(ConfigBase):
         pool_with_global (`bool`, defaults to `True`):
             When the global tokens are dropped, write global token 0's state over the first real token.
         lsh_num_pre_rounds (`int`, defaults to 1):
-            Number of LSH rounds that merge tokens before the final round (`"lsh"` only).
+            Number of LSH rounds that merge tokens before the final round (`"lsh"` only), 0 to 16.
         lsg_kernel (`str`, defaults to `"auto"`):
             The attention kernel: `"auto"` chooses one per forward pass from the device, dtype, training and
             dropout (see `lsg_kernels.choose_kernel`); or one of `"reference"`, `"flex"`, `"eager"`, `"sdpa"`,
             `"cpu_two_part"`, `"cpu_bf16_scores"`. Every kernel computes the same attention.
         lsh_seed (`int`, *optional*):
-            Seed of the LSH random projections. When set, every forward pass draws the same projections, so `"lsh"`
+            Seed of the LSH random projections, 0 to 2**63 - 1. When set, every forward pass draws the same projections, so `"lsh"`
             outputs are reproducible; when `None`, they are drawn from torch's global generator.
 
     Example:
@@ -117,12 +119,16 @@ class LSGBartConfig(ConfigBase):
     def _validated_setattr(self, name, value, assign):
         """`assign(self, name, value)`, for LSG fields only once the value is checked. However a field is set (the
         constructor, `from_pretrained(**kwargs)`, `config.block_size = 64` after loading), a value that is invalid
-        on its own (type, range, name) raises `ValueError` naming the field, and the config keeps its previous value.
+        on its own (type, range, name) or larger than the model's `max_position_embeddings` (a block size) raises
+        `ValueError` naming the field, and the config keeps its previous value.
         Settings that must agree with each other are checked together (`check_lsg_settings`) when the config is
         built, when a model is built from it, and at every encoder forward pass: fields set one by one may pass
         through a combination that is invalid until the last of them is set."""
         if name in LSG_FIELDS:
             check_field(name, value)
+            problem = positions_problem(name, value, self.__dict__.get("max_position_embeddings"))
+            if problem:
+                raise ValueError(f"LSGBartConfig: invalid `{name}`={value!r}; {problem}.")
         return assign(self, name, value)
 
     def check_lsg_settings(self):

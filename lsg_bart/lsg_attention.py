@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .compat import probe
 from .lsg_kernels import Kernel, KeySets
+from .lsg_settings import SPARSITY_TYPES, named_table
 
 # PyTorch's own unfold backward, for windows whose step does not divide their size.
 UNFOLD_BACKWARD = probe(lambda: torch.ops.aten.unfold_backward(torch.ones(1, 2, 3), (1, 5), 1, 3, 2).sum() == 6)
@@ -31,8 +32,10 @@ class AttentionInputs(NamedTuple):
     """A layer's queries, keys and values, laid out so that every local window is a view of the keys."""
 
     query: torch.Tensor  # (n, h, T, d)
-    key: torch.Tensor  # (n, h, margin + T + bs, d): the T tokens start at `margin`, with zeros around them
-    value: torch.Tensor  # (n, h, margin + T + bs, d)
+    # (n, h, margin + T + bs, d): the T tokens start at `margin`, with zeros around them; just (n, h, T, d) for
+    # inputs short enough for full attention
+    key: torch.Tensor
+    value: torch.Tensor  # as `key`
     visible: torch.Tensor  # (n, 1, T, 1) bool
     margin: int
 
@@ -147,10 +150,14 @@ def gather_tokens(keys, values, mask, index):
 
 
 def select_by_norm(keys, values, mask, chunk_size, factor):
-    """In each chunk and head, the chunk/f keys of largest L2 norm, in ascending order of norm (no gradient)."""
+    """In each chunk and head, the chunk/f keys of largest L2 norm, in ascending order of norm (no gradient).
+
+    Norms are compared in float32: in half precision, keys of nearly equal norm round to ties, and which of them
+    is kept flips from one run (or precision) to the next.
+    """
     n, h, t, _ = keys.shape
     with torch.no_grad():
-        norms = keys.norm(dim=-1, keepdim=True).masked_fill(~mask, 0)  # (n, h, t, 1)
+        norms = keys.float().norm(dim=-1, keepdim=True).masked_fill(~mask, 0)  # (n, h, t, 1) float32
         norms = norms.view(n, h, t // chunk_size, chunk_size)
         picks = norms.topk(chunk_size // factor, dim=-1).indices.flip(-1)  # (n, h, t/c, c/f)
         picks = picks + torch.arange(0, t, chunk_size, device=keys.device).view(1, 1, -1, 1)
@@ -203,17 +210,24 @@ def lsh_merge(keys, values, counts, num_buckets, generator):
 
 
 def select_by_lsh(keys, values, mask, chunk_size, factor, pre_rounds, generator):
-    """Merge the tokens of each chunk by LSH buckets: `pre_rounds` rounds into c buckets, then c/f buckets."""
+    """Merge the tokens of each chunk by LSH buckets: `pre_rounds` rounds into c buckets, then c/f buckets.
+
+    Hashes and sums are computed in float32 (autocast off), whatever the keys' precision: a half-precision
+    projection near a hyperplane sends a token to another bucket, and the merged sums of one round are hashed
+    again in the next.
+    """
     n, h, t, d = keys.shape
-    weight = mask.to(keys.dtype).expand(n, h, t, 1)
-    chunked = (n, h, t // chunk_size, chunk_size, -1)
-    k, v, counts = (keys * weight).view(chunked), (values * weight).view(chunked), weight.reshape(chunked)
-    for num_buckets in [chunk_size] * pre_rounds + [chunk_size // factor]:
-        k, v, counts = lsh_merge(k, v, counts, num_buckets, generator)  # (n, h, t/c, buckets, d)
-    k, v, counts = (x.reshape(n, h, t // factor, -1) for x in (k, v, counts))
-    # Counts are whole numbers: dividing by max(count, 1) equals the original's count + 1e-8 in float32, and
-    # unlike it stays finite in float16, where 1e-8 rounds to 0.
-    return k / counts.clamp_min(1), v / counts.clamp_min(1), counts > 0
+    with torch.autocast(keys.device.type, enabled=False):
+        weight = mask.float().expand(n, h, t, 1)
+        chunked = (n, h, t // chunk_size, chunk_size, -1)
+        k, v = (keys.float() * weight).view(chunked), (values.float() * weight).view(chunked)
+        counts = weight.reshape(chunked)
+        for num_buckets in [chunk_size] * pre_rounds + [chunk_size // factor]:
+            k, v, counts = lsh_merge(k, v, counts, num_buckets, generator)  # (n, h, t/c, buckets, d)
+        k, v, counts = (x.reshape(n, h, t // factor, -1) for x in (k, v, counts))
+        # Counts are whole numbers: dividing by max(count, 1) equals the original's count + 1e-8 in float32.
+        k, v = (x / counts.clamp_min(1) for x in (k, v))
+    return k.to(keys.dtype), v.to(values.dtype), counts > 0
 
 
 def select_by_bos_pooling(keys, values, mask, first_query, factor):
@@ -232,31 +246,63 @@ def select_by_bos_pooling(keys, values, mask, first_query, factor):
     return pool(keys), pool(values), mask.new_ones(n, 1, t // factor, 1)
 
 
+class SelectionContext(NamedTuple):
+    """What a selector reads besides the keys, values and mask."""
+
+    config: Any  # an `LSGBartConfig`
+    first_query: torch.Tensor  # (n, h, 1, d), scaled: the first non-global token's query (`bos_pooling`)
+    layer_idx: Optional[int]  # seeds `lsh`, layer by layer
+
+    @property
+    def factor(self):
+        return self.config.sparsity_factor
+
+    @property
+    def chunk_size(self):
+        """The span that `norm` and `lsh` select from, chunk by chunk."""
+        return min(self.config.block_size, self.config.sparse_block_size)
+
+
+def lsh_selector(keys, values, mask, context):
+    """`select_by_lsh`, with the generator of `lsh_seed` (torch's global one without it); as the original, bos
+    pooling when f == sparse_block_size."""
+    config = context.config
+    if context.factor == config.sparse_block_size:
+        return select_by_bos_pooling(keys, values, mask, context.first_query, context.factor)
+    generator = None
+    if config.lsh_seed is not None:
+        generator = torch.Generator(device=keys.device).manual_seed(config.lsh_seed + (context.layer_idx or 0))
+    return select_by_lsh(keys, values, mask, context.chunk_size, context.factor, config.lsh_num_pre_rounds, generator)
+
+
+# Each sparsity type's selector: (keys, values, mask, SelectionContext) -> t/f sparse keys, values and mask; "none"
+# has no sparse tokens. Keyed by exactly the names that the config accepts.
+SELECTORS = named_table(
+    SPARSITY_TYPES,
+    {
+        "none": None,
+        "norm": lambda k, v, mask, c: select_by_norm(k, v, mask, c.chunk_size, c.factor),
+        "pooling": lambda k, v, mask, c: select_by_pooling(k, v, mask, c.factor),
+        "lsh": lsh_selector,
+        "stride": lambda k, v, mask, c: select_by_stride(k, v, mask, c.factor),
+        "block_stride": lambda k, v, mask, c: select_by_block_stride(k, v, mask, c.factor, c.config.block_size),
+        "bos_pooling": lambda k, v, mask, c: select_by_bos_pooling(k, v, mask, c.first_query, c.factor),
+    },
+)
+
 
 def select_sparse_tokens(keys, values, visible, first_query, config, layer_idx):
-    """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector.
+    """Compress (n, h, t, d) keys and values and their mask to t/f sparse tokens with the configured selector, or
+    None for `sparsity_type="none"`.
 
     `first_query` (n, h, 1, d), scaled, is the first non-global token's query (for `bos_pooling`).
     """
-    f, chunk_size = config.sparsity_factor, min(config.block_size, config.sparse_block_size)
-    kind = config.sparsity_type
-    if f == 1:
+    selector = SELECTORS[config.sparsity_type]
+    if selector is None:
+        return None
+    if config.sparsity_factor == 1:
         return keys, values, visible
-    if kind == "norm":
-        return select_by_norm(keys, values, visible, chunk_size, f)
-    if kind == "pooling":
-        return select_by_pooling(keys, values, visible, f)
-    if kind == "stride":
-        return select_by_stride(keys, values, visible, f)
-    if kind == "block_stride":
-        return select_by_block_stride(keys, values, visible, f, config.block_size)
-    if kind == "lsh" and f != config.sparse_block_size:
-        generator = None
-        if config.lsh_seed is not None:
-            generator = torch.Generator(device=keys.device).manual_seed(config.lsh_seed + (layer_idx or 0))
-        return select_by_lsh(keys, values, visible, chunk_size, f, config.lsh_num_pre_rounds, generator)
-    # The original code falls back to bos pooling (also for "lsh" when f == sparse_block_size).
-    return select_by_bos_pooling(keys, values, visible, first_query, f)
+    return selector(keys, values, visible, SelectionContext(config, first_query, layer_idx))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,7 +369,7 @@ def lsg_attention(inputs, settings):
     start = margin + G  # where the non-global tokens begin in `key` and `value`
     rest = (key[:, :, start : margin + T], value[:, :, start : margin + T], visible[:, :, G:])  # (n, h|1, t, d|1)
     sparse = None
-    if sbs > 0 and config.sparsity_type != "none":
+    if sbs > 0:
         first_query = query[:, :, G : G + 1] * scale
         sparse = select_sparse_tokens(*rest, first_query, config, settings.layer_idx)  # (n, h|1, t/f, d|1)
 

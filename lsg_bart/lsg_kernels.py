@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .compat import create_block_mask, flex_attention, probe, tracing, triton_available
 from .cpu_linear import find_onednn_linear
+from .lsg_settings import KERNEL_NAMES, named_table
 
 # On CPU, long inputs are processed in chunks of about this many tokens (the projections, groups of blocks in the
 # attention, then the per-token work after it), so that intermediates stay in cache and memory does not grow with
@@ -343,16 +344,25 @@ class Kernel(NamedTuple):
         return attend(query, key, value, visible, dropout, not self.written_out, scale)
 
 
-KERNELS = {
-    "reference": Kernel("reference", attend_sequence=reference_kernel, written_out=True),
-    "flex": Kernel("flex", attend_sequence=flex_kernel, problem=flex_problem),
-    "eager": Kernel("eager", attend_blocks=eager_kernel, written_out=True, joins_key_sets=True),
-    "sdpa": Kernel("sdpa", attend_blocks=sdpa_kernel, joins_key_sets=True),
-    "cpu_two_part": Kernel("cpu_two_part", attend_blocks=cpu_two_part_kernel, problem=cpu_two_part_problem),
-    "cpu_bf16_scores": Kernel(
-        "cpu_bf16_scores", attend_blocks=cpu_bf16_scores_kernel, joins_key_sets=True, problem=cpu_bf16_scores_problem
-    ),
-}
+KERNELS = named_table(
+    KERNEL_NAMES,
+    {
+        kernel.name: kernel
+        for kernel in (
+            Kernel("reference", attend_sequence=reference_kernel, written_out=True),
+            Kernel("flex", attend_sequence=flex_kernel, problem=flex_problem),
+            Kernel("eager", attend_blocks=eager_kernel, written_out=True, joins_key_sets=True),
+            Kernel("sdpa", attend_blocks=sdpa_kernel, joins_key_sets=True),
+            Kernel("cpu_two_part", attend_blocks=cpu_two_part_kernel, problem=cpu_two_part_problem),
+            Kernel(
+                "cpu_bf16_scores",
+                attend_blocks=cpu_bf16_scores_kernel,
+                joins_key_sets=True,
+                problem=cpu_bf16_scores_problem,
+            ),
+        )
+    },
+)
 
 
 def kernel_problem(name, x, dropout):

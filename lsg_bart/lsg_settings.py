@@ -4,10 +4,17 @@ Standard library only: `LSGBartConfig` checks its fields with these rules, and t
 the same rules before torch and transformers are imported (they take seconds to load).
 """
 
+# The names of the sparse selectors (lsg_attention.SELECTORS) and of the attention kernels (lsg_kernels.KERNELS):
+# those tables are keyed by these names and refuse to load if they differ from them.
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
-# The attention kernels (lsg_kernels.KERNELS), or "auto" to let the model choose one per forward pass.
-LSG_KERNELS = ("auto", "reference", "flex", "eager", "sdpa", "cpu_two_part", "cpu_bf16_scores")
+KERNEL_NAMES = ("reference", "flex", "eager", "sdpa", "cpu_two_part", "cpu_bf16_scores")
+# "auto" lets the model choose a kernel per forward pass.
+LSG_KERNELS = ("auto", *KERNEL_NAMES)
 MAX_GLOBAL_TOKENS = 512
+# Each LSH round is another pass of hashing and merging over every key: a few rounds already merge what they can.
+MAX_LSH_PRE_ROUNDS = 16
+# `torch.Generator.manual_seed` takes seeds below 2**64; each layer adds its index to the seed.
+MAX_LSH_SEED = 2**63 - 1
 
 # Each LSG field: the types it accepts (an int is no bool here) and its default. `LSGBartConfig` declares the same
 # fields with these defaults.
@@ -27,6 +34,14 @@ LSG_FIELDS = {
 }
 LSG_DEFAULTS = {name: default for name, (_, default) in LSG_FIELDS.items()}
 KIND_NAMES = {bool: "true or false", int: "an integer", str: "a string", type(None): "None"}
+
+
+def named_table(names, table):
+    """`table` (a dict), after checking that its keys are exactly `names`: the code's tables of selectors and kernels
+    cannot drift from the names that configs accept."""
+    if set(table) != set(names):
+        raise ImportError(f"LSG-BART: a table holds {sorted(table)} but the settings name {sorted(names)}")
+    return table
 
 
 def one_of(choices):
@@ -49,8 +64,17 @@ FIELD_CHECKS = {
     "num_global_tokens": lambda value: (
         None if 1 <= value <= MAX_GLOBAL_TOKENS else f"expected an integer from 1 to {MAX_GLOBAL_TOKENS}"
     ),
-    "lsh_num_pre_rounds": at_least(0, "expected 0 or a positive integer"),
+    "lsh_num_pre_rounds": lambda value: (
+        None if 0 <= value <= MAX_LSH_PRE_ROUNDS else f"expected an integer from 0 to {MAX_LSH_PRE_ROUNDS}"
+    ),
+    "lsh_seed": lambda value: (
+        None if value is None or 0 <= value <= MAX_LSH_SEED else "expected None or an integer from 0 to 2**63 - 1"
+    ),
 }
+
+# The LSG fields bounded by the model's length: a block (or sparse window) longer than the whole input table would
+# only allocate padding, and a large enough one cannot be allocated at all.
+BOUNDED_BY_POSITIONS = ("block_size", "sparse_block_size")
 
 
 def is_exactly(value, kind):
@@ -72,6 +96,14 @@ def check_field(field, value):
     problem = field_problem(field, value)
     if problem:
         raise ValueError(f"LSGBartConfig: invalid `{field}`={value!r}; {problem}.")
+
+
+def positions_problem(field, value, max_position_embeddings):
+    """What is wrong with `value` for `field` against the model's `max_position_embeddings`, or None."""
+    positions = max_position_embeddings
+    if field in BOUNDED_BY_POSITIONS and is_exactly(positions, int) and is_exactly(value, int) and value > positions:
+        return f"it must be at most max_position_embeddings={positions}"
+    return None
 
 
 def fits_in_blocks(length, block_size):
@@ -97,6 +129,10 @@ def check_lsg_settings(settings, max_position_embeddings=None):
 
     for field in LSG_FIELDS:
         check_field(field, settings[field])
+    for field in BOUNDED_BY_POSITIONS:
+        problem = positions_problem(field, settings[field], max_position_embeddings)
+        if problem:
+            fail(field, problem)
     block_size, factor, sparsity_type = settings["block_size"], settings["sparsity_factor"], settings["sparsity_type"]
     if block_size % factor != 0:
         fail("sparsity_factor", f"it must divide block_size={block_size}")

@@ -47,6 +47,8 @@ from .lsg_settings import MAX_GLOBAL_TOKENS
 from .pipeline_lsg_bart import LSGBartSummarizationPipeline  # noqa: F401
 from .compat import (
     accepted_kwargs,
+    autocast_enabled,
+    cached_length,
     call_layer,
     can_return_tuple,
     output_requested,
@@ -85,23 +87,24 @@ class LSGSelfAttention(BartAttention):
         # by the config when it is set) takes effect.
         config = self.config
         # Keys and values get a block of margin around the non-global tokens, so that every local window is a
-        # view of them.
-        margin = max(config.block_size - config.num_global_tokens, 0)
-        query, key, value = self.project_into_heads(hidden_states, margin, kernel.token_chunk)
+        # view of them; short inputs (full attention) have no windows and need none.
+        G, bs = config.num_global_tokens, config.block_size
+        margin, after = (max(bs - G, 0), bs) if T > 2 * bs + G else (0, 0)
+        query, key, value = self.project_into_heads(hidden_states, margin, after, kernel.token_chunk)
         inputs = AttentionInputs(query, key, value, attention_mask.view(n, 1, T, 1), margin)
         dropout_p = self.dropout if self.training else 0.0
         out = lsg_attention(inputs, AttentionSettings(config, kernel, self.scaling, dropout_p, self.layer_idx))
         return project(self.out_proj, out.reshape(n, T, self.embed_dim)), None  # (n, T, d_model)
 
-    def project_into_heads(self, hidden_states, margin, token_chunk):
-        """Queries (n, h, T, d), and keys and values (n, h, margin + T + bs, d) with zeros around the T tokens.
+    def project_into_heads(self, hidden_states, margin, after, token_chunk):
+        """Queries (n, h, T, d), and keys and values (n, h, margin + T + after, d) with zeros around the T tokens.
 
         With a `token_chunk` (CPU) the projection runs that many tokens at a time: the joint projection of a whole
         long input would be a tensor of tens of MB, which glibc maps afresh on every allocation, and touching its
         new pages is a sizeable share of the product's time.
         """
         n, T, _ = hidden_states.shape
-        h, d, after = self.num_heads, self.head_dim, self.config.block_size
+        h, d = self.num_heads, self.head_dim
         query = hidden_states.new_empty(n, h, T, d)
         key, value = (hidden_states.new_empty(n, h, margin + T + after, d) for _ in range(2))
         for buffer in (key, value):
@@ -168,6 +171,16 @@ class LSGBartEncoderLayer(BartEncoderLayer):
         return self.final_layer_norm(hidden_states + fed_forward)
 
 
+def check_labels(labels, config):
+    """`ValueError` for labels of another dtype or shape, outside the vocabulary (but -100, which the loss ignores),
+    or longer than the decoder's positions."""
+    where = "LSG-BART"
+    if labels.dim() != 2 or labels.shape[1] == 0:
+        raise ValueError(f"{where}: `labels` has shape {tuple(labels.shape)}; expected (batch_size, target_length).")
+    check_token_ids(where, "labels", labels, config.vocab_size, ignored=-100)
+    check_decoder_length(where, "labels", labels.shape[1], None, config)
+
+
 class LSGBartPreTrainedModel(BartPreTrainedModel):
     """Base class of the LSG-BART models: weight initialisation and loading of LSG checkpoints."""
 
@@ -200,32 +213,115 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
         self.config.check_lsg_settings()  # also the settings given to `from_pretrained`, set one by one
         super().post_init()
 
+    def _prepare_generated_length(self, generation_config, *args, **kwargs):
+        """`generate`'s length settings, resolved as usual, then held to the decoder's positions: a length the user
+        asked for (`max_new_tokens`, `max_length`) that needs more is refused before any work; a default one is
+        lowered to what fits."""
+        generation_config = super()._prepare_generated_length(generation_config, *args, **kwargs)
+        # The last token is generated, never fed back: sequences can be one token longer than the position table.
+        longest = self.config.max_position_embeddings + 1
+        if generation_config.max_length is None or generation_config.max_length <= longest:
+            return generation_config
+        asked = generation_config.max_new_tokens
+        prompt = generation_config.max_length - asked if asked is not None else None
+        if asked is not None:
+            raise ValueError(
+                f"LSG-BART generate: `max_new_tokens`={asked} after {prompt} decoder token(s) needs "
+                f"{generation_config.max_length - 1} decoder positions, but the model has max_position_embeddings="
+                f"{self.config.max_position_embeddings}; ask for at most {longest - prompt} new tokens."
+            )
+        if not kwargs.get("has_default_max_length", False):
+            raise ValueError(
+                f"LSG-BART generate: `max_length`={generation_config.max_length} needs more decoder positions than "
+                f"the model's max_position_embeddings={self.config.max_position_embeddings}; use at most {longest}."
+            )
+        generation_config.max_length = longest
+        return generation_config
 
-def check_encoder_inputs(input_ids, attention_mask, inputs_embeds, vocab_size):
-    """`ValueError` for encoder inputs that would otherwise fail deep inside or silently give wrong results: not
-    exactly one of `input_ids` and `inputs_embeds`, an `attention_mask` of another shape, an empty input, token ids
-    outside the vocabulary."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("LSG-BART encoder: give exactly one of `input_ids` and `inputs_embeds`.")
-    given, name = (input_ids, "input_ids") if input_ids is not None else (inputs_embeds, "inputs_embeds")
-    if given.dim() != (2 if input_ids is not None else 3):
-        expected = "(batch_size, sequence_length)" + (", d_model)" if input_ids is None else "")
-        raise ValueError(f"LSG-BART encoder: `{name}` has shape {tuple(given.shape)}; expected {expected}.")
+
+TOKEN_ID_DTYPES = (torch.long, torch.int)  # what the embeddings take
+
+
+def check_token_ids(where, name, ids, vocab_size, ignored=None):
+    """`ValueError` for token ids of a dtype the embeddings do not take, or outside the vocabulary (`ignored` is a
+    value allowed besides, e.g. the -100 of labels). The range check reads the ids: eager mode only."""
+    if ids.dtype not in TOKEN_ID_DTYPES:
+        raise ValueError(f"{where}: `{name}` has dtype {ids.dtype}; token ids must be torch.long or torch.int32.")
+    if not ids.numel() or tracing():
+        return
+    outside = (ids < 0) | (ids >= vocab_size)
+    if ignored is not None:
+        outside &= ids != ignored
+    if outside.any():
+        bad = ids[outside][0].item()
+        allowed = f"0 to {vocab_size - 1}" + (f", or {ignored}" if ignored is not None else "")
+        raise ValueError(
+            f"{where}: `{name}` holds token id {bad}, outside the vocabulary ({allowed}); was it made with another "
+            "tokenizer?"
+        )
+
+
+def check_embeddings(where, name, embeddings, width, dtype):
+    """`ValueError` for embeddings (n, length, width) of another width, or of another dtype than the model's weights
+    (outside autocast)."""
+    if embeddings.shape[-1] != width:
+        raise ValueError(
+            f"{where}: `{name}` has shape {tuple(embeddings.shape)}; its last dimension must be d_model={width}."
+        )
+    if embeddings.dtype != dtype and not autocast_enabled(embeddings.device.type):
+        raise ValueError(
+            f"{where}: `{name}` has dtype {embeddings.dtype} but the model's weights are {dtype}; pass "
+            f"`{name}.to({dtype})`."
+        )
+
+
+def check_sequence_inputs(where, ids_and_embeddings, attention_mask, config, dtype):
+    """`ValueError` for inputs that would otherwise fail deep inside or silently give wrong results: not exactly one
+    of the ids and the embeddings (`ids_and_embeddings`: ((name, tensor or None), (name, tensor or None))), a shape
+    other than (batch_size, sequence_length[, d_model]), an empty batch or sequence, a mask of another shape, token
+    ids of another dtype or outside the vocabulary, embeddings of another width or dtype."""
+    (ids_name, ids), (embeddings_name, embeddings) = ids_and_embeddings
+    if (ids is None) == (embeddings is None):
+        raise ValueError(f"{where}: give exactly one of `{ids_name}` and `{embeddings_name}`.")
+    given, name = (ids, ids_name) if ids is not None else (embeddings, embeddings_name)
+    if given.dim() != (2 if ids is not None else 3):
+        expected = "(batch_size, sequence_length)" if ids is not None else "(batch_size, sequence_length, d_model)"
+        raise ValueError(f"{where}: `{name}` has shape {tuple(given.shape)}; expected {expected}.")
+    if given.shape[0] == 0 or given.shape[1] == 0:
+        raise ValueError(
+            f"{where}: `{name}` is empty (shape {tuple(given.shape)}); give at least one sequence of one token."
+        )
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(given.shape[:2]):
         raise ValueError(
-            f"LSG-BART encoder: `attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has shape "
+            f"{where}: `attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has shape "
             f"{tuple(given.shape)}; the mask must be (batch_size, sequence_length) = {tuple(given.shape[:2])}."
         )
-    if given.shape[1] == 0:
-        raise ValueError(f"LSG-BART encoder: `{name}` is empty (shape {tuple(given.shape)}); give at least one token.")
-    if input_ids is not None and input_ids.numel() and not tracing():  # a data-dependent check: eager only
-        low, high = torch.aminmax(input_ids)
-        if low < 0 or high >= vocab_size:
-            bad = high.item() if high >= vocab_size else low.item()
-            raise ValueError(
-                f"LSG-BART encoder: `input_ids` holds token id {bad}, outside the vocabulary (0 to {vocab_size - 1}); "
-                "was the input made with another tokenizer?"
-            )
+    if ids is not None:
+        check_token_ids(where, ids_name, ids, config.vocab_size)
+    else:
+        check_embeddings(where, embeddings_name, embeddings, config.d_model, dtype)
+
+
+def check_decoder_length(where, name, length, past_key_values, config):
+    """`ValueError` when `length` new decoder tokens after those in the cache need more positions than the decoder
+    has (BART's position table would fail with a bare `IndexError`)."""
+    past = cached_length(past_key_values)
+    if past + length > config.max_position_embeddings:
+        after = f" after {past} cached tokens" if past else ""
+        raise ValueError(
+            f"{where}: `{name}` has {length} tokens{after}, more than the decoder's max_position_embeddings="
+            f"{config.max_position_embeddings} positions; shorten it (or the generation)."
+        )
+
+
+def check_decoder_inputs(where, names, ids, embeddings, past_key_values, config, dtype):
+    """The decoder's ids or embeddings, when given: `check_sequence_inputs`' checks (but the mask), then the length
+    against the decoder's positions. `names` are the arguments' names for this model (ids, embeddings)."""
+    if ids is None and embeddings is None:
+        return
+    check_sequence_inputs(where, tuple(zip(names, (ids, embeddings))), None, config, dtype)
+    given, name = (ids, names[0]) if ids is not None else (embeddings, names[1])
+    check_decoder_length(where, name, given.shape[1], past_key_values, config)
 
 
 class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
@@ -281,9 +377,10 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         """
         config = self.config
         config.check_lsg_settings()  # settings changed after loading take effect here, checked together
-        check_encoder_inputs(input_ids, attention_mask, inputs_embeds, config.vocab_size)
+        device, dtype = self.embed_positions.weight.device, self.embed_positions.weight.dtype
+        ids_and_embeddings = (("input_ids", input_ids), ("inputs_embeds", inputs_embeds))
+        check_sequence_inputs("LSG-BART encoder", ids_and_embeddings, attention_mask, config, dtype)
         n, t = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        device = self.embed_positions.weight.device
 
         visible = torch.ones(n, t, dtype=torch.bool, device=device)
         if attention_mask is not None:
@@ -294,9 +391,11 @@ class LSGBartEncoder(LSGBartPreTrainedModel, BartEncoder):
         pad = self.padding_length(t)
         padded_length = t + pad
         if padded_length > config.max_position_embeddings:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
             raise ValueError(
-                f"Input length {t} (padded to {padded_length}) exceeds max_position_embeddings="
-                f"{config.max_position_embeddings}; truncate the input or convert the model to a longer length."
+                f"LSG-BART encoder: `{name}` has {t} tokens (padded to {padded_length}), more than "
+                f"max_position_embeddings={config.max_position_embeddings}; truncate the input, or convert the model "
+                "to a longer length with `lsg-bart-convert --max_sequence_length`."
             )
         if input_ids is not None:
             inputs_embeds = self.embed_tokens(F.pad(input_ids, (0, pad), value=config.pad_token_id))
@@ -392,6 +491,15 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs):
         """Same arguments and outputs as [`BartModel.forward`]."""
+        check_decoder_inputs(
+            "LSG-BART decoder",
+            ("decoder_input_ids", "decoder_inputs_embeds"),
+            kwargs.get("decoder_input_ids"),
+            kwargs.get("decoder_inputs_embeds"),
+            kwargs.get("past_key_values"),
+            self.config,
+            self.shared.weight.dtype,
+        )
         if encoder_outputs is None:
             wanted = ("output_attentions", "output_hidden_states", "return_dict")
             encoder_kwargs = {k: v for k, v in kwargs.items() if k in wanted}
@@ -433,6 +541,7 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
         its arguments against them). The LM head is the largest product of a decoding step: it goes through
         `project` (oneDNN for a plain float32 layer on CPU)."""
         if labels is not None:
+            check_labels(labels, self.config)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 config = self.config
@@ -451,7 +560,7 @@ class LSGBartForConditionalGeneration(LSGBartPreTrainedModel, BartForConditional
         logits = project(self.lm_head, outputs[0]) + self.final_logits_bias.to(outputs[0].device)
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
+            labels = labels.to(device=logits.device, dtype=torch.long)
             loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
         rest = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
         output = Seq2SeqLMOutput(loss=loss, logits=logits, **rest)  # the model's other fields, whatever their names
@@ -508,6 +617,17 @@ class LSGBartForQuestionAnswering(LSGBartPreTrainedModel, BartForQuestionAnsweri
 @read_shared_embeddings_as_decoder_embeddings
 class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
     """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, past_key_values=None, labels=None, **kwargs):
+        """Same arguments and outputs as [`BartForCausalLM.forward`]."""
+        where, dtype = "LSG-BART decoder", self.model.decoder.embed_tokens.weight.dtype
+        names = ("input_ids", "inputs_embeds")
+        check_decoder_inputs(where, names, input_ids, inputs_embeds, past_key_values, self.config, dtype)
+        if labels is not None:
+            check_token_ids(where, "labels", labels, self.config.vocab_size, ignored=-100)
+        return super().forward(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values, labels=labels, **kwargs
+        )
 
 
 LSGBartConfig.register_for_auto_class()

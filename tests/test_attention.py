@@ -118,17 +118,20 @@ def literal_lsg(config, query, key, value, visible, scale):
     out = torch.empty_like(query)
     full = (query[:, :, :G] @ key.transpose(-1, -2)).masked_fill(~scores_mask[:, None, None], float("-inf"))
     out[:, :, :G] = full.softmax(-1) @ value
-    sparse_k, sparse_v, sparse_m = select_sparse_tokens(
+    sparse = select_sparse_tokens(
         key[:, :, G:], value[:, :, G:], visible[:, :, G:], query[:, :, G : G + 1], config, None
     )
-    sparse_m = sparse_m.expand(n, h, -1, 1)[..., 0]
+    assert (sparse is None) == (config.sparsity_type == "none")
+    if sparse is not None:
+        sparse_k, sparse_v, sparse_m = sparse
+        sparse_m = sparse_m.expand(n, h, -1, 1)[..., 0]
     rest_m = visible[:, 0, G:, 0]
     after_start_shift = 2 if per_block % 2 == 1 else 0
     for i in range(t // bs):
         for b in range(n):
             for head in range(h):
                 ks, vs, ms = [key[b, head, :G]], [value[b, head, :G]], [torch.ones(G, dtype=torch.bool)]
-                if config.sparsity_type != "none" and sbs > 0:
+                if sparse is not None and sbs > 0:
                     starts = [(i - 1) * per_block - sbs, (i + 2) * per_block - after_start_shift]
                     for p in [s + j for s in starts for j in range(sbs)]:
                         inside = 0 <= p < t // f
