@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import padded_batch, tiny_config
 
 from lsg_bart import SPARSITY_TYPES, LSGBartModel
+from lsg_bart.lsg_settings import LSG_KERNELS, named_table
 from lsg_bart import lsg_attention as attention
 from lsg_bart import lsg_kernels as kernels
 from lsg_bart.lsg_attention import (
@@ -105,6 +106,125 @@ def test_stride_and_block_stride_pick_the_specified_tokens(factor):
         start = (head * per_block) % block_size
         picks = [b + start + j for b in range(0, keys.shape[2], block_size) for j in range(per_block)]
         assert torch.equal(k[:, head], keys[:, head, picks])
+
+
+def selector_config(sparsity_type, sparsity_factor, chunk, lsh_num_pre_rounds=1):
+    """The fields a selector reads, with min(block_size, sparse_block_size) = `chunk`."""
+    return SimpleNamespace(
+        sparsity_type=sparsity_type, sparsity_factor=sparsity_factor, block_size=chunk, sparse_block_size=2 * chunk,
+        lsh_num_pre_rounds=lsh_num_pre_rounds, lsh_seed=0,
+    )  # fmt: skip
+
+
+def one_head(*rows):
+    """(1, 1, t, d) from t rows of d numbers."""
+    return torch.tensor(rows, dtype=torch.float32).view(1, 1, len(rows), -1)
+
+
+def test_bos_pooling_weighs_each_group_by_the_first_query_as_the_spec_says():
+    # Spec 5.7, by hand: scores against the first query q = (1, 0) are (0, ln 3) in group 0 and (1, 1) in group 1,
+    # so the softmax weights are (1/4, 3/4) and (1/2, 1/2).
+    ln3 = torch.log(torch.tensor(3.0)).item()
+    keys = one_head([0.0, 0.0], [ln3, 0.0], [1.0, 1.0], [1.0, -1.0])
+    values = one_head([4.0, 0.0], [0.0, 4.0], [2.0, 2.0], [6.0, 6.0])
+    first_query = one_head([1.0, 0.0])
+    config = selector_config("bos_pooling", 2, 4)
+    every = torch.ones(1, 1, 4, 1, dtype=torch.bool)
+    k, v, m = select_sparse_tokens(keys, values, every, first_query, config, None)
+    torch.testing.assert_close(k, one_head([0.75 * ln3, 0.0], [1.0, 0.0]))
+    torch.testing.assert_close(v, one_head([1.0, 3.0], [4.0, 4.0]))
+    assert m.all()
+    # A masked token gets no weight; a group made only of padding is pooled evenly and stays visible (the quirk).
+    last_masked = torch.tensor([True, True, True, False]).view(1, 1, 4, 1)
+    _, v, m = select_sparse_tokens(keys, values, last_masked, first_query, config, None)
+    torch.testing.assert_close(v, one_head([1.0, 3.0], [2.0, 2.0]))
+    padding_group = torch.tensor([True, True, False, False]).view(1, 1, 4, 1)
+    _, v, m = select_sparse_tokens(keys, values, padding_group, first_query, config, None)
+    torch.testing.assert_close(v, one_head([1.0, 3.0], [4.0, 4.0]))
+    assert m.all()
+
+
+@pytest.mark.parametrize("pre_rounds", [0, 1, 2])
+def test_lsh_averages_the_tokens_of_each_bucket_as_the_spec_says(pre_rounds):
+    # Spec 5.5: a key and its opposite always hash to different buckets (the bucket is the argmax over the
+    # projections and their negatives) and equal keys to the same one, whatever the random planes and rounds.
+    # Chunks of 4 tokens, f = 2: two buckets per chunk.
+    a = [1.0, 2.0]
+    minus_a = [-1.0, -2.0]
+    keys = one_head(a, minus_a, a, minus_a, a, a, a, a)
+    values = one_head([1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [6.0, 6.0])
+    visible = torch.tensor([True, True, True, True, True, True, False, True]).view(1, 1, 8, 1)
+    config = selector_config("lsh", 2, 4, pre_rounds)
+    k, v, m = select_sparse_tokens(keys, values, visible, None, config, 0)
+
+    def buckets(chunk):  # the chunk's (key, value, visible) per bucket, in a fixed order
+        rows = [(tuple(k[0, 0, i].tolist()), tuple(v[0, 0, i].tolist()), bool(m[0, 0, i])) for i in chunk]
+        return sorted(rows, key=lambda row: (row[2], row[0]))
+
+    # Chunk 0: tokens {0, 2} and {1, 3}, averaged. Chunk 1: four equal keys in one bucket, the masked token left
+    # out of its average; the other bucket is empty, masked, and zero.
+    assert buckets([0, 1]) == sorted([((-1.0, -2.0), (0.0, 3.0), True), ((1.0, 2.0), (2.0, 0.0), True)],
+                                     key=lambda row: (row[2], row[0]))  # fmt: skip
+    assert buckets([2, 3]) == [((0.0, 0.0), (0.0, 0.0), False), ((1.0, 2.0), (3.0, 3.0), True)]
+
+
+def test_lsh_with_sparse_block_size_equal_to_the_factor_is_bos_pooling():
+    keys, values, visible = random_tokens()
+    first_query = keys[:, :, :1]
+    config = SimpleNamespace(**{**vars(selector_config("lsh", 4, 8)), "sparse_block_size": 4})
+    as_lsh = select_sparse_tokens(keys, values, visible, first_query, config, 0)
+    as_bos = select_sparse_tokens(keys, values, visible, first_query, SimpleNamespace(
+        **{**vars(config), "sparsity_type": "bos_pooling"}), 0)  # fmt: skip
+    for ours, expected in zip(as_lsh, as_bos):
+        assert torch.equal(ours, expected)
+
+
+def test_the_tables_hold_exactly_the_names_that_configs_accept():
+    assert set(attention.SELECTORS) == set(SPARSITY_TYPES)
+    assert set(KERNELS) == set(LSG_KERNELS) - {"auto"}
+    assert all(kernel.name == name for name, kernel in KERNELS.items())
+    with pytest.raises(ImportError, match="'typo'"):
+        named_table(SPARSITY_TYPES, {**attention.SELECTORS, "typo": None})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sparsity_type", ["norm", "lsh"])
+def test_norm_and_lsh_select_in_float32_under_half_precision(sparsity_type, dtype):
+    # Half-precision keys must be selected as their float32 values are: norms compared, hashes computed and
+    # merged in float32 (in half precision, nearly equal norms round to ties and projections near a hyperplane
+    # change sign).
+    keys, values, visible = random_tokens(t=256, d=64)
+    keys, values = keys.to(dtype), values.to(dtype)
+    config = selector_config(sparsity_type, 4, 32)
+    ours = select_sparse_tokens(keys, values, visible, None, config, 0)
+    in_float32 = select_sparse_tokens(keys.float(), values.float(), visible, None, config, 0)
+    assert ours[0].dtype == dtype
+    for x, expected in zip(ours, in_float32):
+        assert torch.equal(x, expected.to(x.dtype))
+
+
+def half_precision_error(sparsity_type, dtype):
+    """Relative L2 error of a bfloat16 / float16 encoder's output against float32, ~1,000 tokens."""
+    config = tiny_config(
+        sparsity_type=sparsity_type, d_model=64, encoder_layers=2, encoder_ffn_dim=128, block_size=32,
+        sparse_block_size=32, sparsity_factor=4, dropout=0.0, attention_dropout=0.0, lsh_seed=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    encoder = LSGBartModel(config).encoder.eval()
+    input_ids, attention_mask = padded_batch([1000, 700])
+    with torch.no_grad():
+        expected = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = encoder.to(dtype)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return ((out.float() - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_selector_keeps_half_precision_error_bounded(dtype):
+    errors = {sparsity_type: half_precision_error(sparsity_type, dtype) for sparsity_type in SPARSITY_TYPES}
+    rounding = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]  # a few units of the dtype's rounding
+    assert all(error < rounding for error in errors.values()), errors
+    others = max(error for name, error in errors.items() if name not in ("norm", "lsh"))
+    assert errors["norm"] <= 2 * others and errors["lsh"] <= 2 * others, errors
 
 
 def literal_lsg(config, query, key, value, visible, scale):

@@ -3,7 +3,8 @@
 Each case draws, from its own seed, a sparsity type, block, sparse block and factor sizes, global tokens, the
 flags that shape the output (mask_first_token, pass_global_tokens_to_decoder, pool_with_global), head count, a
 length around `2 * block_size` or well beyond it (multiples of the block and not), and a batch whose second row
-is padded. A one-layer encoder runs it with each kernel: outputs and the gradients of the input embeddings and of
+is padded, and most cases a token chunk of a few blocks (the multi-group path of long inputs). A one-layer
+encoder runs it with each kernel: outputs and the gradients of the input embeddings and of
 every weight must match the `reference` kernel (the dense mask written out). A failure names its seed.
 """
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from lsg_bart import SPARSITY_TYPES, LSGBartConfig, LSGBartModel
+from lsg_bart import lsg_kernels
 from lsg_bart.lsg_kernels import KERNELS, kernel_problem
 
 CASES = 240
@@ -67,15 +69,22 @@ def run(encoder, inputs_embeds, attention_mask, probe, grad):
 
 
 @pytest.mark.parametrize("seed", range(CASES))
-def test_random_settings_every_kernel_matches_the_reference(seed):
+def test_random_settings_every_kernel_matches_the_reference(seed, monkeypatch):
     config, length, padded_length = draw_settings(seed)
+    # Three cases in four take the CPU kernels' multi-group path: TOKEN_CHUNK (2,048 tokens) is far above these
+    # lengths, so a chunk of 1 to 3 blocks stands in for it (the projections, groups of blocks, the per-token work).
+    blocks_per_chunk = seed % 4
+    if blocks_per_chunk:
+        monkeypatch.setattr(lsg_kernels, "TOKEN_CHUNK", blocks_per_chunk * config.block_size)
     torch.manual_seed(seed)
     encoder = LSGBartModel(config).encoder.eval()
     inputs_embeds = torch.randn(2, length, config.d_model)
     attention_mask = torch.ones(2, length, dtype=torch.long)
     attention_mask[1, padded_length:] = 0
     probe = torch.randn(2, length + config.num_global_tokens, config.d_model)
-    where = f"seed {seed}: {config.sparsity_type}, length {length} (row 2: {padded_length}), " + ", ".join(
+    where = f"seed {seed}: {config.sparsity_type}, length {length} (row 2: {padded_length}), chunk of " + (
+        f"{blocks_per_chunk} block(s), " if blocks_per_chunk else "2,048 tokens, "
+    ) + ", ".join(
         f"{name}={getattr(config, name)}" for name in ("block_size", "sparse_block_size", "sparsity_factor",
                                                        "num_global_tokens", "mask_first_token",
                                                        "pass_global_tokens_to_decoder", "pool_with_global"))
