@@ -213,6 +213,16 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
         self.config.check_lsg_settings()  # also the settings given to `from_pretrained`, set one by one
         super().post_init()
 
+    def resize_position_embeddings(self, new_num_position_embeddings):
+        """Not done in place: a longer LSG-BART needs a new position table and a block size that divides it, which
+        the converter writes as a new checkpoint."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has max_position_embeddings={self.config.max_position_embeddings}; for "
+            f"{new_num_position_embeddings} positions, convert it to a longer checkpoint: `lsg-bart-convert "
+            f"--initial_model {self.config._name_or_path or 'CHECKPOINT'} --model_name LONGER --resize_lsg "
+            f"--max_sequence_length {new_num_position_embeddings}`, then load LONGER."
+        )
+
     def _prepare_generated_length(self, generation_config, *args, **kwargs):
         """`generate`'s length settings, resolved as usual, then held to the decoder's positions: a length the user
         asked for (`max_new_tokens`, `max_length`) that needs more is refused before any work; a default one is

@@ -318,6 +318,8 @@ ROWS = [
     Row("generate-max-length-past-the-positions",
         lambda c: c.model.generate(torch.tensor([[0, 5, 2]]), max_length=4098), ValueError,
         ("`max_length`=4098", "max_position_embeddings=4096", "at most 4097")),
+    Row("resize-position-embeddings", lambda c: c.model.resize_position_embeddings(8192), NotImplementedError,
+        ("max_position_embeddings=4096", "lsg-bart-convert", "--resize_lsg --max_sequence_length 8192")),
     Row("ids-and-embeddings", encoder(input_ids=torch.tensor([[0, 2]]), inputs_embeds=torch.zeros(1, 2, 32)),
         ValueError, ("`input_ids`", "`inputs_embeds`")),
     Row("neither-ids-nor-embeddings", encoder(), ValueError, ("exactly one of `input_ids` and `inputs_embeds`",)),
