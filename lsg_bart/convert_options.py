@@ -5,8 +5,8 @@
 `plan_conversion` reads the source's config.json and checks the options against it: the LSG settings with the rules
 of `LSGBartConfig` (`lsg_settings`), the length, the flags that need an LSG source.
 
-Standard library only (a Hub source's config.json is fetched with huggingface_hub): every argument error answers
-before torch and transformers are imported, which takes seconds.
+Standard library only (a name that may be a Hub id is checked, and its config.json fetched, with huggingface_hub):
+every argument error answers before torch and transformers are imported, which takes seconds.
 """
 
 import argparse
@@ -74,6 +74,9 @@ CONFIG_FIELDS = frozenset(
         "task_specific_params", "tokenizer_class", "torchscript", "tf_legacy_loss", "use_bfloat16",
     )  # fmt: skip
 )
+# Seconds that the one request looking a source up on the Hub may take (no retries): without network, a mistyped
+# folder name that is also a valid Hub id answers at once rather than after the Hub client's retries.
+HUB_TIMEOUT = 2.0
 # Config fields that the converter sets itself, and the option that sets them.
 SET_BY_CONVERTER = {
     "max_position_embeddings": "--max_sequence_length",
@@ -248,15 +251,15 @@ def build_parser():
 
 
 def read_source_config(initial_model, token=None):
-    """The source's config.json as a dict: from a local folder, or fetched from the Hub. `ValueError` if there is
-    none or it is not a BART / LSG-BART config."""
+    """The source's config.json as a dict, and whether the rest of the source is to be read from the local cache
+    only (a Hub id whose files are cached while the Hub cannot be reached, or offline mode). `ValueError` if there
+    is none or it is not a BART / LSG-BART config."""
     name = str(initial_model)
     try:
-        config_dict = json.loads(Path(_config_file(name, token)).read_text(encoding="utf-8"))
+        path, cached_only = _config_file(name, token)
+        config_dict = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        reason = one_line(str(error)) or type(error).__name__
-        if not Path(name).exists():
-            reason = f"no such local folder, and as a Hub model id: {reason}"
+        reason = one_line(error) or type(error).__name__
         raise ValueError(f"cannot read a model config from {name!r}: {reason}") from None
     model_type = config_dict.get("model_type") if isinstance(config_dict, dict) else None
     if model_type not in BART_MODEL_TYPES:
@@ -264,20 +267,61 @@ def read_source_config(initial_model, token=None):
             f"{name!r} is not a BART checkpoint (model_type={model_type!r}); the converter takes model_type 'bart' "
             "(BART or a legacy LSG-BART) or 'lsg_bart'"
         )
-    return config_dict
+    return config_dict, cached_only
 
 
 def _config_file(name, token):
-    """The path of the config.json of the source `name` (a folder, or a Hub id whose file is downloaded)."""
-    if Path(name).is_dir():
-        return Path(name) / "config.json"
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError  # an OSError in some releases only
+    """The path of the config.json of the source `name`, and whether the rest of the source comes from the local
+    cache only. `OSError` (one line) when there is none.
+
+    A folder: its config.json. Anything else that is not a valid Hub id (a name starting with `/`, `./`, `../` or
+    `~`, with a backslash or more than one `/`): no such local folder, answered without the Hub. A Hub id: looked up
+    with one request of at most `HUB_TIMEOUT` seconds, without retries, then downloaded; when the Hub does not
+    answer (no network, offline mode), taken from the local cache if it is there."""
+    path = Path(name)
+    if path.is_dir():
+        return path / "config.json", False
+    if path.exists():
+        raise NotADirectoryError("it is a file, not a checkpoint folder")
+    missing = "no such local folder" + _did_you_mean(path)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
-        return hf_hub_download(name, "config.json", token=token)
-    except EntryNotFoundError as error:
-        raise FileNotFoundError(one_line(error)) from None
+        validate_repo_id(name)
+    except HFValidationError:
+        raise FileNotFoundError(missing) from None
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    if not offline:
+        try:
+            get_hf_file_metadata(hf_hub_url(name, "config.json"), token=token, timeout=HUB_TIMEOUT)
+        except HfHubHTTPError as error:  # the Hub answered: no such repository or file, or no access to it
+            raise FileNotFoundError(f"{missing}, and as a Hub model id: {one_line(error)}") from None
+        except Exception as error:  # no answer: name resolution, connection, proxy, timeout
+            failure = f"{type(error).__name__}: {one_line(error)}"
+            unreachable = f"the Hub ({constants.ENDPOINT}) cannot be reached ({failure})"
+        else:
+            try:
+                return hf_hub_download(name, "config.json", token=token), False
+            except Exception as error:  # the Hub stopped answering, or not an OSError in this release
+                raise OSError(f"{missing}, and as a Hub model id: {one_line(error)}") from None
+    try:
+        return hf_hub_download(name, "config.json", token=token, local_files_only=True), True
+    except Exception as error:
+        reason = one_line(error) if offline else f"{unreachable}, and it is not in the local cache"
+        raise FileNotFoundError(f"{missing}, and as a Hub model id: {reason}") from None
+
+
+def _did_you_mean(path):
+    """' (did you mean ...?)' naming the checkpoint folder beside `path` whose name is closest to its own, or ''."""
+    try:
+        folders = [entry.name for entry in path.parent.iterdir() if (entry / "config.json").is_file()]
+    except OSError:
+        return ""
+    guesses = difflib.get_close_matches(path.name, folders, n=1)
+    return f" (did you mean {str(path.parent / guesses[0])!r}?)" if guesses else ""
 
 
 def is_lsg_config(config_dict):
@@ -308,6 +352,7 @@ class ConversionPlan:
     source_config: dict  # the source's config.json
     architecture: str  # the BART architecture converted to its LSG class
     config_values: dict  # the fields of the new LSGBartConfig (LSG settings checked)
+    local_files_only: bool = False  # the Hub cannot be reached: the source's files come from the local cache
 
     @property
     def lsg_source(self):
@@ -325,7 +370,7 @@ def plan_conversion(options):
     a missing or non-BART source, a flag that needs an LSG source, an LSG source shrunk, invalid LSG settings or a
     length that the block size does not divide. Warns (`ConversionWarning`) when a BART source's positions are cut.
     """
-    config_dict = read_source_config(options.initial_model, options.token)
+    config_dict, cached_only = read_source_config(options.initial_model, options.token)
     name = str(options.initial_model)
     architecture = options.architecture
     if architecture is None:
@@ -369,4 +414,4 @@ def plan_conversion(options):
             ConversionWarning,
             stacklevel=2,
         )
-    return ConversionPlan(options, config_dict, architecture, values)
+    return ConversionPlan(options, config_dict, architecture, values, local_files_only=cached_only)

@@ -23,6 +23,7 @@ from .cli import one_line
 from .convert_options import ARCHITECTURES, LSG_SETTINGS, ConversionWarning, ConvertOptions, plan_conversion
 from .lsg_settings import MAX_GLOBAL_TOKENS
 from .safe_output import TOKENIZER_FILES
+from .tokenizer_files import save_tokenizer
 
 POSITION_OFFSET = 2  # BART's learned position tables start with 2 extra rows
 
@@ -147,7 +148,7 @@ def make_global_embeddings(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _has_tokenizer_files(initial_model, token):
+def _has_tokenizer_files(initial_model, hub):
     """Whether the source ships a tokenizer (transformers would otherwise build an empty one with made-up ids)."""
     if Path(initial_model).is_dir():
         return any((Path(initial_model) / name).is_file() for name in TOKENIZER_FILES)
@@ -155,17 +156,17 @@ def _has_tokenizer_files(initial_model, token):
 
     for name in TOKENIZER_FILES[:3]:
         try:
-            if cached_file(str(initial_model), name, token=token, _raise_exceptions_for_missing_entries=False):
+            if cached_file(str(initial_model), name, **hub, _raise_exceptions_for_missing_entries=False):
                 return True
         except OSError:
             return False
     return False
 
 
-def _load_tokenizer(initial_model, token):
+def _load_tokenizer(initial_model, hub):
     from transformers import AutoTokenizer, BartConfig
 
-    if not _has_tokenizer_files(initial_model, token):
+    if not _has_tokenizer_files(initial_model, hub):
         warnings.warn(
             f"{str(initial_model)!r} has no tokenizer files; the output folder will have none, and the global "
             "tokens get the config's bos id and a random init (no mask token).",
@@ -175,7 +176,7 @@ def _load_tokenizer(initial_model, token):
         return None
     try:
         # A BART config stands in for the source's: a legacy LSG config's auto_map names a file that is not there.
-        return AutoTokenizer.from_pretrained(str(initial_model), token=token, config=BartConfig())
+        return AutoTokenizer.from_pretrained(str(initial_model), **hub, config=BartConfig())
     except Exception as error:  # no tokenizer files, or one transformers cannot build
         warnings.warn(
             f"No tokenizer could be loaded from {str(initial_model)!r} ({type(error).__name__}: {error}); the output "
@@ -184,6 +185,12 @@ def _load_tokenizer(initial_model, token):
             stacklevel=3,
         )
         return None
+
+
+def hub_arguments(plan):
+    """How transformers is to read the source's files: with the user's token, and from the local cache only when
+    the Hub could not be reached for its config (`plan_conversion`), rather than through the Hub client's retries."""
+    return {"token": plan.options.token, "local_files_only": plan.local_files_only}
 
 
 def lsg_class(architecture):
@@ -201,7 +208,7 @@ def _load_source_model(plan):
 
     architecture, initial_model = plan.architecture, str(plan.options.initial_model)
     cls = lsg_class(architecture) if plan.lsg_source else getattr(transformers, architecture)
-    kwargs = {"token": plan.options.token, DTYPE_ARGUMENT: "auto", "output_loading_info": True}
+    kwargs = {**hub_arguments(plan), DTYPE_ARGUMENT: "auto", "output_loading_info": True}
     if plan.lsg_source:
         # A legacy config (model_type "bart") is read by this project's config class, whatever its auto_map says.
         kwargs["config"] = LSGBartConfig.from_dict(plan.source_config)
@@ -218,11 +225,11 @@ def _load_source_model(plan):
     return model.eval()
 
 
-def _load_generation_config(initial_model, token, config):
+def _load_generation_config(initial_model, hub, config):
     from transformers import GenerationConfig
 
     try:
-        return GenerationConfig.from_pretrained(str(initial_model), token=token)
+        return GenerationConfig.from_pretrained(str(initial_model), **hub)
     except (OSError, ValueError):
         return GenerationConfig.from_model_config(config)
 
@@ -261,7 +268,7 @@ def build_lsg_model(plan):
     config = make_lsg_config(plan)
     torch.manual_seed(options.seed)  # heads that the source lacks are initialised reproducibly
     generator = torch.Generator().manual_seed(options.seed)
-    tokenizer = _load_tokenizer(options.initial_model, options.token)
+    tokenizer = _load_tokenizer(options.initial_model, hub_arguments(plan))
     source = _load_source_model(plan)
     source_dtype = source.dtype
     out_dtype = getattr(torch, options.dtype) if options.dtype is not None else source_dtype
@@ -316,7 +323,7 @@ def build_lsg_model(plan):
     if on_meta:
         raise RuntimeError(f"weights left unset after conversion: {on_meta}")
     model.to(out_dtype).eval()
-    model.generation_config = _load_generation_config(options.initial_model, options.token, config)
+    model.generation_config = _load_generation_config(options.initial_model, hub_arguments(plan), config)
     del source
 
     if tokenizer is not None:
@@ -425,7 +432,7 @@ def save_converted(model, tokenizer, info, folder):
     if not (folder / "generation_config.json").exists():
         model.generation_config.save_pretrained(folder)
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)  # with a class name that transformers 4.46 to the newest read
     for pickled in folder.glob("*.bin"):
         pickled.unlink()
     umask = os.umask(0)

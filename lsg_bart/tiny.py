@@ -6,6 +6,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
+from .tokenizer_files import save_tokenizer
+
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in facebook/bart-*
 
 _WORDS = (
@@ -71,5 +73,5 @@ def build_tiny_bart(path=None, d_model=32, layers=2, heads=4, ffn_dim=64, max_po
     model = BartForConditionalGeneration(config)
     if path is not None:
         model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        save_tokenizer(tokenizer, path)  # with a class name that transformers 4.46 to the newest read
     return model, tokenizer

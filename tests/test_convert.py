@@ -355,6 +355,40 @@ def test_output_folder_contents(tiny_bart, tmp_path):
     assert "AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)" in card.text
 
 
+def test_tokenizer_is_recorded_with_a_class_every_supported_transformers_reads(tiny_bart, tmp_path):
+    """transformers 5 saves a generic fast tokenizer as `TokenizersBackend`, which transformers 4 cannot load; the
+    converter and the tiny source record `BartTokenizer` instead, which tokenizes alike (the version matrix loads a
+    converted checkpoint under 4.46.3: tests/remote_code)."""
+    from transformers import AutoTokenizer
+
+    assert json.loads((tiny_bart / "tokenizer_config.json").read_text())["tokenizer_class"] == "BartTokenizer"
+    source = AutoTokenizer.from_pretrained(tiny_bart)
+    for origin in (tiny_bart, PARITY / "initial"):
+        out = convert_checkpoint(origin, tmp_path / origin.name, 1024)
+        assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "BartTokenizer"
+    converted = AutoTokenizer.from_pretrained(tmp_path / tiny_bart.name)  # registered by the package: no question
+    text = "The model reads long documents. Ünïcödé  and <mask>!"
+    assert converted(text, "a pair")["input_ids"] == source(text, "a pair")["input_ids"]
+    assert converted.model_max_length == 1024
+
+
+def test_a_tokenizer_that_bart_reads_differently_is_recorded_as_generic(tmp_path):
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    from lsg_bart.tokenizer_files import NEWER_CLASS_NAMES, save_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()  # BartTokenizer would not lowercase
+    recorded = save_tokenizer(tokenizer, tmp_path)
+    assert recorded == "PreTrainedTokenizerFast"  # tokenizer.json read as it is, by every version
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == recorded
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("LOUD Words")["input_ids"] == tokenizer("loud words")["input_ids"]
+    if type(again).__name__ in NEWER_CLASS_NAMES:  # transformers 5: saved again, it is made portable again
+        assert save_tokenizer(again, tmp_path / "again") == "PreTrainedTokenizerFast"
+
+
 def test_the_modeling_file_imports_every_remote_code_file():
     """A legacy checkpoint's auto_map names modeling_lsg_bart.py for every class, including its config, and
     transformers 4.46 to 5.0 (at least) copy out of a local folder only the files that the entry file itself imports:
@@ -725,6 +759,114 @@ def test_errors_about_the_source(t5_like, tmp_path):
     with pytest.raises(ValueError, match="below the source's 512"):  # an LSG model is not shrunk
         convert_checkpoint(PARITY / "norm", tmp_path / "out", 256, resize_lsg=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def hub_calls(monkeypatch, metadata_error=None, cached=None):
+    """Stand-ins for huggingface_hub's look-up and download, recording each call: the look-up raises
+    `metadata_error` (None: refused, as no call is expected), a download from the cache gives `cached` (None: not
+    in the cache), and any other download is refused. Offline mode off, as for a user with network."""
+    import huggingface_hub
+
+    calls = []
+
+    def get_hf_file_metadata(url, **kwargs):
+        calls.append(("metadata", url, kwargs))
+        raise metadata_error or AssertionError(f"the Hub was asked for {url}")
+
+    def hf_hub_download(repo_id, filename, **kwargs):
+        calls.append(("download", repo_id, kwargs))
+        if not kwargs.get("local_files_only"):
+            raise AssertionError(f"{repo_id} downloaded from the Hub")
+        if cached is None:
+            raise FileNotFoundError(f"{repo_id}/{filename} is not in the local cache")
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", get_hf_file_metadata)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    return calls
+
+
+def convert_error(capsys, source, output):
+    """The command line's error for `source`: exit status 2 and one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--initial_model", str(source), "--model_name", str(output)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Retry" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("source", ["./tiny-bart", "../tiny-bart", "/no/such/folder", "~/models/bart",
+                                    "runs/demo-out/tiny-bart", "tiny--bart", "C:\\models\\bart"])
+def test_a_source_that_can_only_be_a_path_is_refused_without_the_hub(source, tmp_path, monkeypatch, capsys):
+    """Names that are no Hub id (they start with `/`, `./`, `../` or `~`, hold a backslash or two `/`, ...) and no
+    local folder are refused at once: the Hub is never asked."""
+    calls = hub_calls(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    err = convert_error(capsys, source, tmp_path / "out")
+    assert err == f"lsg-bart-convert: error: cannot read a model config from {source!r}: no such local folder\n"
+    assert calls == []
+    (tmp_path / "file.json").write_text("{}")
+    assert "'file.json': it is a file, not a checkpoint folder" in convert_error(capsys, "file.json", tmp_path / "out")
+
+
+def test_a_hub_id_without_network_is_refused_after_one_short_look_up(tiny_bart, tmp_path, monkeypatch, capsys):
+    """`demo-out/tiny-bartt` (a typo) is a valid Hub id: without network, one look-up of at most `HUB_TIMEOUT`
+    seconds (no retries) and the local cache answer, in one line that names the folder meant."""
+    from lsg_bart.convert_options import HUB_TIMEOUT
+
+    calls = hub_calls(monkeypatch, metadata_error=ConnectionError("[Errno -2] Name or service not known"))
+    monkeypatch.chdir(tiny_bart.parent.parent)
+    typo = f"{tiny_bart.parent.name}/{tiny_bart.name}t"
+    err = convert_error(capsys, typo, tmp_path / "out")
+    assert err.startswith(
+        f"lsg-bart-convert: error: cannot read a model config from {typo!r}: no such local folder (did you mean "
+        f"'{tiny_bart.parent.name}/{tiny_bart.name}'?), and as a Hub model id: the Hub (https://"
+    ), err
+    assert "cannot be reached (ConnectionError: [Errno -2] Name or service not known), and it is not in the local " \
+        "cache" in err
+    [(kind, url, kwargs), (download, repo_id, download_kwargs)] = calls
+    assert kind == "metadata" and url.endswith(f"/{typo}/resolve/main/config.json") and kwargs["timeout"] == HUB_TIMEOUT
+    assert download == "download" and repo_id == typo and download_kwargs["local_files_only"] is True
+
+
+def test_a_cached_hub_source_without_network_is_read_from_the_cache(tiny_bart, monkeypatch):
+    from lsg_bart.convert_options import ConvertOptions, plan_conversion
+
+    hub_calls(monkeypatch, metadata_error=TimeoutError("timed out"), cached=tiny_bart / "config.json")
+    plan = plan_conversion(ConvertOptions("someone/tiny-bart", "out", 256, model_kwargs=SMALL_LSG))
+    assert plan.local_files_only  # the weights, tokenizer and generation config too: no retries for each
+    assert plan.source_config == json.loads((tiny_bart / "config.json").read_text())
+
+
+def test_a_hub_that_answers_no_is_one_line(monkeypatch, tmp_path, capsys):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    class NotFound(RepositoryNotFoundError):  # without the HTTP response, whose class depends on the release
+        def __init__(self, message):
+            Exception.__init__(self, message)
+
+    calls = hub_calls(monkeypatch, metadata_error=NotFound("404 Client Error. Repository Not Found for url: x/y"))
+    err = convert_error(capsys, "x/y", tmp_path / "out")
+    assert "'x/y': no such local folder, and as a Hub model id: 404 Client Error. Repository Not Found" in err
+    assert [call[0] for call in calls] == ["metadata"]
+
+
+def test_an_unreachable_hub_answers_in_one_line_with_the_real_client(tmp_path):
+    """The same, through huggingface_hub itself, in a process with offline mode off and a Hub address that refuses
+    connections: one line, and none of the client's retry messages."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    command = [sys.executable, "-m", "lsg_bart.convert", "--initial_model", "someone/no-such-bart", "--model_name",
+               "out"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(
+        "lsg-bart-convert: error: cannot read a model config from 'someone/no-such-bart': no such local folder, and "
+        "as a Hub model id: the Hub (http://127.0.0.1:9) cannot be reached ("
+    ), result.stderr
+    assert result.stderr.endswith("and it is not in the local cache\n") and len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -16,13 +16,15 @@ PARITY = Path(__file__).parent / "fixtures" / "parity"
 STEP_TIME = re.compile(r"^      .*\((\d+\.\d\d) s\)$", re.MULTILINE)
 
 
-def test_default_command_runs_offline_and_cleans_up(tmp_path):
-    """The README's first command, with no arguments: tiny BART -> LSG-BART 16384 -> 10,000 tokens."""
+def test_default_command_runs_offline_quietly_and_cleans_up(tmp_path):
+    """The README's first command, with no arguments: tiny BART -> LSG-BART 16384 -> 10,000 tokens, with nothing on
+    standard error (after the dev install too: no warnings, progress bars or library noise)."""
     script = Path(sys.executable).parent / "lsg-bart-demo"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "lsg_bart.demo"]
     env = dict(os.environ, TMPDIR=str(tmp_path), HF_HUB_OFFLINE="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "", f"the demo printed on standard error:\n{result.stderr}"
     out = result.stdout
     for step in range(1, 7):
         assert f"[{step}/6]" in out
@@ -51,14 +53,24 @@ def test_demo_with_a_given_model_and_output_dir(tmp_path, capsys):
     assert result["num_tokens"] == 8000
     assert result["encoder_shape"] == (1, 4 + 8000, 32)
     assert 1 < result["generated"].shape[1] <= 1 + 4
-    assert len(result["timings"]) == 6 and all(seconds >= 0 for seconds in result["timings"].values())
+    # Each step's duration, as measured and as printed, and the total printed at the end.
+    steps = ["Use the given BART checkpoint", "Convert it to LSG-BART with 8192 positions",
+             "Load the converted checkpoint with AutoTokenizer / AutoModelForSeq2SeqLM",
+             "Tokenize a long text (8,000 tokens)", "Run the encoder on 8,000 tokens",
+             "generate on 8,000 tokens (num_beams=2, max_new_tokens=4)"]
+    timings = result["timings"]
+    assert list(timings) == steps and all(seconds > 0 for seconds in timings.values())
+    out = capsys.readouterr().out
+    titles = [f"[{number}/6] {step} ..." for number, step in enumerate(steps, 1)]
+    assert re.findall(r"^\[\d/6\] .*$", out, re.MULTILINE) == titles
+    assert STEP_TIME.findall(out) == [f"{timings[step]:.2f}" for step in steps]
+    assert f"Done in {sum(timings.values()):.1f} s" in out
 
     converted = tmp_path / "lsg-bart-8192"
     assert result["converted"] == converted
     config = json.loads((converted / "config.json").read_text())
     assert config["max_position_embeddings"] == 8192 and config["block_size"] == 64
     assert (converted / "modeling_lsg_bart.py").exists() and (converted / "README.md").exists()
-    assert "Use the given BART checkpoint" in capsys.readouterr().out
 
     # Run again into the same folder (the demo replaces its own checkpoint), through main().
     assert main(["--initial_model", str(PARITY / "initial"), "--output_dir", str(tmp_path), "--length", "8192",

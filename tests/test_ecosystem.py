@@ -2,6 +2,7 @@
 torchao) finds and replaces, and the Auto classes without remote code once the package is imported."""
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,6 +16,10 @@ from torch import nn
 from lsg_bart import LSGBartForConditionalGeneration
 
 GENERATE = dict(max_new_tokens=6, min_new_tokens=6, num_beams=2)
+TORCHAO = importlib.util.find_spec("torchao") is not None
+needs_torchao = pytest.mark.skipif(
+    not TORCHAO, reason="torchao is not installed (not in the dev extra: see pyproject.toml; .ci/run installs it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +60,10 @@ def test_dynamic_int8_quantisation_replaces_every_linear_layer_and_runs(model):
     assert generated.shape == expected_generated.shape
 
 
+@needs_torchao
 @pytest.mark.parametrize("config_name", ["Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"])
 def test_torchao_int8_configs_run(model, config_name):
-    from torchao import quantization  # in the dev extra
+    from torchao import quantization
     expected_encoded, expected_generated = encoder_and_generate(model)
     quantized = copy.deepcopy(model)
     quantization.quantize_(quantized, getattr(quantization, config_name)())
@@ -157,9 +163,10 @@ print(MODEL_MAPPING[LSGBartModel.config_class].__name__)
 
 def test_int8_quantisation_in_a_fresh_process():
     """As a user's script runs it: a fresh process, the package's model, torch.ao's dynamic int8 on every
-    `nn.Linear`, then torchao's int8 weight-only, and `generate` on a long padded input with each."""
+    `nn.Linear`, then torchao's int8 weight-only (where installed), and `generate` on a long padded input with
+    each."""
     code = """
-import copy, torch
+import copy, importlib.util, torch
 from torch import nn
 from lsg_bart import LSGBartConfig, LSGBartForConditionalGeneration
 config = LSGBartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -169,20 +176,22 @@ model = LSGBartForConditionalGeneration(config).eval()
 linears = sum(type(module) is nn.Linear for module in model.modules())
 quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
 replaced = sum(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in quantized.modules())
-from torchao.quantization import Int8WeightOnlyConfig, quantize_
-weight_only = copy.deepcopy(model)
-quantize_(weight_only, Int8WeightOnlyConfig())
+forms = [quantized]
+if importlib.util.find_spec("torchao"):
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    forms.append(copy.deepcopy(model))
+    quantize_(forms[-1], Int8WeightOnlyConfig())
 input_ids = torch.randint(5, 120, (2, 300))
 attention_mask = torch.ones_like(input_ids)
 attention_mask[1, 250:] = 0
 shapes = []
-for candidate in (quantized, weight_only):
+for candidate in forms:
     with torch.no_grad():
         shapes.append(tuple(candidate.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=2,
                                                max_new_tokens=5, min_new_tokens=5).shape))
 print(linears, replaced, shapes)
 """
-    assert run_fresh(code).strip().splitlines()[-1] == "33 33 [(2, 6), (2, 6)]"
+    assert run_fresh(code).strip().splitlines()[-1] == f"33 33 {[(2, 6)] * (1 + TORCHAO)}"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -52,6 +53,13 @@ AUTO_CLASSES = {
     AutoModelForQuestionAnswering: "LSGBartForQuestionAnswering",
     AutoModelForCausalLM: "LSGBartForCausalLM",
 }
+# The exchange's sub-folder of checkpoints written by the converter, one per environment.
+CONVERTED = "converted"
+TOKENIZER_TEXTS = [
+    "The model reads long documents and writes short summaries.",
+    " A leading space,  two spaces,\ttabs\nand new lines.",
+    "Ünïcödé, emoji 🙂, CJK 長い文書, digits 12345 and a <mask> token.",
+]
 # Heads that a summarisation checkpoint does not have, so they are initialised when loaded.
 NEW_HEAD_KEYS = ("classification_head.", "qa_outputs.")
 
@@ -159,22 +167,33 @@ def test_generate_with_cache_matches_generate_without(saved_folder, num_beams):
     assert torch.equal(cached, uncached)
 
 
-def test_trainer_step_changes_the_weights(saved_folder, tmp_path):
-    model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True)
+def test_trainer_steps_start_from_the_models_loss_and_lower_it(saved_folder, tmp_path):
+    """`Trainer` on one batch, four times: its first loss is the model's own loss on that batch, each step changes
+    the weights, and the loss falls."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        saved_folder, trust_remote_code=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0
+    )
     inputs = parity_inputs()
     rows = [
         {"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i],
          "labels": inputs["decoder_input_ids"][i]}
         for i in range(2)
     ]
+    batch = transformers.default_data_collator(rows)
+    with torch.no_grad():
+        first_loss = model.train()(**batch).loss.item()
     before = model.model.encoder.layers[0].self_attn.q_proj.weight.detach().clone()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=4, learning_rate=1e-2,
         report_to=[], save_strategy="no", use_cpu=True, logging_steps=1,
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
     result = trainer.train()
-    assert torch.isfinite(torch.tensor(result.training_loss)) and result.training_loss > 0
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4
+    assert losses[0] == pytest.approx(first_loss, abs=1e-4)  # older releases log 4 decimals
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert result.training_loss == pytest.approx(sum(losses) / 4, abs=1e-4)
     assert not torch.equal(model.model.encoder.layers[0].self_attn.q_proj.weight.detach(), before)
 
 
@@ -200,33 +219,83 @@ def test_summarization_pipeline(saved_folder):
     assert single[0]["summary_text"] == results[0]["summary_text"]
 
 
-def test_checkpoints_saved_under_other_versions_load(saved_folder, tmp_path):
-    """Each run leaves its checkpoint and logits in the exchange folder (`LSG_VERSION_EXCHANGE`, set by the version
-    matrix) and loads every checkpoint there, its own included, so that each environment (Python, torch,
-    transformers) reads the others' output."""
-    exchange = os.environ.get("LSG_VERSION_EXCHANGE", str(tmp_path / "exchange"))
+def exchange_entry(tmp_path, kind=""):
+    """This environment's entry in the exchange folder (`LSG_VERSION_EXCHANGE`, set by the version matrix; else a
+    folder of this test's own), or in its `kind` sub-folder."""
+    exchange = os.path.join(os.environ.get("LSG_VERSION_EXCHANGE", str(tmp_path / "exchange")), kind)
+    os.makedirs(exchange, exist_ok=True)
     # Folder names become module names of the copied code: no dots.
     environment = f"py{sys.version_info[0]}_{sys.version_info[1]}-torch{torch.__version__}-transformers{transformers.__version__}"
-    own = os.path.join(exchange, re.sub(r"[^A-Za-z0-9_-]", "_", environment))
-    inputs = parity_inputs()
+    return os.path.join(exchange, re.sub(r"[^A-Za-z0-9_-]", "_", environment))
+
+
+def publish(own, write):
+    """Make this environment's entry `own` with `write(staging)` unless an earlier run did, then return every
+    finished entry beside it (the sub-folders of other kinds left out)."""
     if not os.path.isdir(own):
-        model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
         staging = own + ".partial"
         shutil.rmtree(staging, ignore_errors=True)
+        write(staging)
+        os.replace(staging, own)
+    folders = sorted(
+        entry.path
+        for entry in os.scandir(os.path.dirname(own))
+        if entry.is_dir() and not entry.name.endswith(".partial") and entry.name != CONVERTED
+    )
+    assert own in folders
+    return folders
+
+
+def test_checkpoints_saved_under_other_versions_load(saved_folder, tmp_path):
+    """Each run leaves its checkpoint and logits in the exchange folder and loads every checkpoint there, its own
+    included, so that each environment (Python, torch, transformers) reads the others' output."""
+    inputs = parity_inputs()
+
+    def write(staging):
+        model = AutoModelForSeq2SeqLM.from_pretrained(saved_folder, trust_remote_code=True).eval()
         shutil.copytree(saved_folder, staging)
         with torch.no_grad():
             save_file({"logits": model(**inputs).logits}, os.path.join(staging, "logits.safetensors"))
-        os.replace(staging, own)
-    folders = sorted(
-        entry.path for entry in os.scandir(exchange) if entry.is_dir() and not entry.name.endswith(".partial")
-    )
-    assert own in folders
-    for folder in folders:
+
+    for folder in publish(exchange_entry(tmp_path), write):
         model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
         with torch.no_grad():
             logits = model(**inputs).logits
         expected = load_file(os.path.join(folder, "logits.safetensors"))["logits"]
         assert (logits - expected).abs().max() < TOLERANCE, folder
+
+
+def token_ids(tokenizer):
+    """`tokenizer`'s ids of TOKENIZER_TEXTS, one by one and the first two as a pair."""
+    return [tokenizer(text)["input_ids"] for text in TOKENIZER_TEXTS] + [tokenizer(*TOKENIZER_TEXTS[:2])["input_ids"]]
+
+
+def test_converted_checkpoints_saved_under_other_versions_load_their_tokenizers(tmp_path, monkeypatch):
+    """Each run converts the parity source (a BART with its tokenizer) with `lsg-bart-convert`, from the source tree
+    in a process of its own, into the exchange's `converted` folder; then it loads the tokenizer of every converted
+    checkpoint there with `AutoTokenizer`, as users do, and gets transformers' own class, the writer's ids and no
+    question about running the folder's code. transformers 4 takes the class from tokenizer_config.json and needs no
+    `trust_remote_code`; transformers 5 reads config.json first, whose model is the folder's code."""
+
+    def write(staging):
+        command = [sys.executable, "-m", "lsg_bart.convert", "--initial_model", str(PARITY / "initial"),
+                   "--model_name", staging, "--max_sequence_length", "2048"]
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                                env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr[-3000:]
+        # The tokenizer files as this transformers reads them (a BART config stands in for the folder's).
+        tokenizer = AutoTokenizer.from_pretrained(staging, config=transformers.BartConfig())
+        Path(staging, "token_ids.json").write_text(json.dumps(token_ids(tokenizer)))
+
+    questions = []
+    monkeypatch.setattr("builtins.input", lambda *prompt: questions.append(prompt) or "n")
+    options = {"trust_remote_code": True} if int(transformers.__version__.split(".")[0]) >= 5 else {}
+    for folder in publish(exchange_entry(tmp_path, CONVERTED), write):
+        tokenizer = AutoTokenizer.from_pretrained(folder, **options)
+        assert not questions, f"{folder}: AutoTokenizer asked whether to run the folder's code"
+        assert type(tokenizer).__module__.startswith("transformers."), type(tokenizer)
+        assert token_ids(tokenizer) == json.loads(Path(folder, "token_ids.json").read_text()), folder
 
 
 def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(saved_folder):
