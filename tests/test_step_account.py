@@ -1,0 +1,49 @@
+"""benchmarks/step_account.py on a tiny model: each part of a decoding step is timed and set against its bytes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import step_account  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("step-account")
+    command = [sys.executable, str(REPO / "benchmarks" / "step_account.py"), "--quick", "--precisions", "fp32,int8",
+               "--threads", "1", "--out-dir", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    return json.loads((out / "step_account.json").read_text()), (out / "step_account.md").read_text()
+
+
+def test_every_part_of_the_step_is_accounted_for(results):
+    data, table = results
+    assert [row["precision"] for row in data["rows"]] == ["fp32", "int8"]
+    for row in data["rows"]:
+        assert [part["part"] for part in row["parts"]] == list(step_account.PARTS)
+        assert row["steps"] == data["meta"]["steps"] == row["generated"]
+        # The parts split the step: their times add up to the whole step's.
+        assert sum(part["seconds"] for part in row["parts"]) == pytest.approx(row["step_s"], rel=1e-6)
+        for part in row["parts"]:
+            assert part["floor_s"] == pytest.approx(part["bytes"] / (row["bandwidth_gb_s"] * 1e9))
+            assert f"| {part['part']} | {part['seconds'] * 1e3:.2f} |" in table
+
+
+def test_bytes_follow_the_model_and_the_precision(results):
+    data, _ = results
+    fp32, int8 = ({part["part"]: part["bytes"] for part in row["parts"]} for row in data["rows"])
+    size, meta = step_account.SIZES["tiny"], data["meta"]
+    d, layers = size["d_model"], size["layers"]
+    # The cross-attention reads each layer's keys and values once per input (float32 in both: the int8 model
+    # quantises weights only), plus its query and output projections.
+    keys_and_values = layers * 2 * meta["batch"] * (meta["length"] + 1) * d * 4
+    projections = layers * 2 * (d * d + d)
+    assert fp32["cross-attention"] == keys_and_values + projections * 4
+    assert int8["cross-attention"] == keys_and_values + layers * 2 * (d * d + 4 * d)  # int8 weights, float biases
+    assert fp32["LM head"] == (size["vocab_size"] * d + size["vocab_size"]) * 4
+    assert fp32["feed-forward"] == layers * (2 * d * size["ffn"] + size["ffn"] + d) * 4
