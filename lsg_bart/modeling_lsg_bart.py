@@ -214,13 +214,15 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
         super().post_init()
 
     def resize_position_embeddings(self, new_num_position_embeddings):
-        """Not done in place: a longer LSG-BART needs a new position table and a block size that divides it, which
-        the converter writes as a new checkpoint."""
+        """Not done in place: a longer LSG-BART needs a position table that is a multiple of the block size, which
+        the converter writes as a new checkpoint (position tables tiled, global embeddings kept)."""
+        block_size = self.config.block_size
+        length = -(-int(new_num_position_embeddings) // block_size) * block_size
         raise NotImplementedError(
             f"{type(self).__name__} has max_position_embeddings={self.config.max_position_embeddings}; for "
             f"{new_num_position_embeddings} positions, convert it to a longer checkpoint: `lsg-bart-convert "
             f"--initial_model {self.config._name_or_path or 'CHECKPOINT'} --model_name LONGER --resize_lsg "
-            f"--max_sequence_length {new_num_position_embeddings}`, then load LONGER."
+            f"--max_sequence_length {length}` (a multiple of block_size={block_size}), then load LONGER."
         )
 
     def _prepare_generated_length(self, generation_config, *args, **kwargs):
