@@ -223,16 +223,21 @@ def generate_summaries(model, tokenizer, batch_ids, generate_kwargs):
     return [summary.strip() for summary in summaries]
 
 
+def batch_order(lengths, batch_size, sort_by_length=True):
+    """The batches (lists of indices into `lengths`, the documents' token counts) in the order they run: longest
+    first when `sort_by_length` (input order among equal lengths), else input order."""
+    order = list(range(len(lengths)))
+    if sort_by_length:
+        order.sort(key=lambda index: -lengths[index])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def summary_batches(model, tokenizer, texts, batch_size, max_length, sort_by_length=True, generate_kwargs=None):
     """Summarise `texts` (non-empty strings) a batch at a time, longest first when `sort_by_length` (documents of
     about one length share a batch: little padding). Yields each batch as (index in `texts`, result) pairs, where a
     result is {"summary", "input_tokens" (kept), "truncated"}."""
     encoded = encode(tokenizer, texts, max_length)
-    order = list(range(len(texts)))
-    if sort_by_length:
-        order.sort(key=lambda index: -len(encoded[index][0]))  # stable: input order among equal lengths
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
+    for indices in batch_order([len(ids) for ids, _ in encoded], batch_size, sort_by_length):
         summaries = generate_summaries(model, tokenizer, [encoded[i][0] for i in indices], generate_kwargs or {})
         yield [
             (index, {"summary": summary, "input_tokens": len(encoded[index][0]),
