@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -208,32 +209,56 @@ def free_port():
         return sock.getsockname()[1]
 
 
-LAUNCHERS = {
-    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "lsg_bart.summarize"],
-    "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-                                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                                "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port",
-                                str(port), "-m", "lsg_bart.summarize"],
-}  # fmt: skip
+def readme_commands():
+    """The two commands of the README's "Summarising a corpus" section, as a shell would split them."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Summarising a corpus\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def as_written(words, checkpoint, corpus, output):
+    """A README command's words with its checkpoint, corpus and output replaced by the test's."""
+    replacements = {"CKPT": str(checkpoint), "corpus.jsonl": str(corpus), "out.jsonl": str(output)}
+    return [replacements.get(word, word) for word in words]
+
+
+def test_the_readmes_one_process_command(checkpoint, corpus, reference, tmp_path):
+    one_process, _ = readme_commands()
+    assert one_process[0] == "lsg-bart-summarize"
+    run(as_written(one_process[1:], checkpoint, corpus, tmp_path / "out.jsonl") + GENERATION)
+    assert by_id(read_output(tmp_path / "out.jsonl")) == reference
+
+
+def launch(launcher, port):
+    """The words that start lsg_bart.summarize in two processes: the README's torchrun command (torchrun run as
+    `python -m torch.distributed.run` on a free port), or accelerate's launcher."""
+    if launcher == "torchrun":
+        _, torchrun = readme_commands()
+        start = torchrun.index("lsg_bart.summarize") + 1
+        assert torchrun[:start] == ["torchrun", "--nproc_per_node", "2", "-m", "lsg_bart.summarize"], torchrun
+        return [sys.executable, "-m", "torch.distributed.run", "--master_addr", "127.0.0.1", "--master_port",
+                str(port), *torchrun[1:start]], torchrun[start:]  # fmt: skip
+    # accelerate's own `--cpu` launches a single process; its multi-process launcher runs gloo on CPU too.
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes",
+            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+            "127.0.0.1", "--main_process_port", str(port), "-m", "lsg_bart.summarize"], \
+        ["--model", "CKPT", "--input", "corpus.jsonl", "--output", "out.jsonl"]  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_give_each_id_once_with_the_same_summaries(launcher, checkpoint, corpus, reference, tmp_path):
     """Two processes on CPU (gloo), on an output that a one-process run began (3 ids): the rest is split between
     them, process 0 folds process 1's shard in, and the output holds each id once."""
     output = tmp_path / "out.jsonl"
     output.write_text("".join(json.dumps(reference[f"doc-{i:02d}"]) + "\n" for i in (0, 5, 9)), encoding="utf-8")
-    command = LAUNCHERS[launcher](free_port()) + [
-        "--model", str(checkpoint), "--input", corpus, "--output", str(output), *GENERATION, "--batch_size", "2",
-    ]  # fmt: skip
+    launcher_words, arguments = launch(launcher, free_port())
+    command = launcher_words + as_written(arguments, checkpoint, corpus, output) + GENERATION + ["--batch_size", "2"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert by_id(read_output(output)) == reference
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl"]  # the shard is folded in and gone
     closing = [line for line in result.stderr.splitlines() if line.startswith("lsg-bart-summarize:")]
     assert len(closing) == 1 and "13 summaries written" in closing[0] and "3 already done" in closing[0], closing
-    assert "process 0's share of 2" not in result.stderr  # --no_progress
 
 
 def test_bad_rows_are_error_lines_with_their_id_and_the_run_goes_on(checkpoint, reference, tmp_path, caplog):
