@@ -188,20 +188,11 @@ def shards_beside(output):
     return sorted(os.path.join(folder, entry) for entry in os.listdir(folder) if name.fullmatch(entry))
 
 
-@dataclass
-class Folded:
-    """The lines that a fold moved into the output."""
-
-    summaries: int = 0
-    truncated: int = 0
-    errors: int = 0
-
-
 def fold_shard(shard, output, keys):
     """Append the complete lines of `shard` whose ids are not in `keys` (the output's ids, updated) to `output` (an
-    `Appender`), then delete the shard. Returns what was moved. `OutputError`, with the shard left as it is, when a
-    live process holds it or a line in it is not this program's."""
-    moved, folded = {}, Folded()
+    `Appender`), then delete the shard. Returns the records moved. `OutputError`, with the shard left as it is, when
+    a live process holds it or a line in it is not this program's."""
+    moved = {}
 
     def take(record, line):
         key = id_key(record["id"])
@@ -217,7 +208,4 @@ def fold_shard(shard, output, keys):
         os.remove(shard)
     for key, (_, record) in moved.items():
         keys[key] = "error" in record
-        folded.errors += "error" in record
-        folded.summaries += "summary" in record
-        folded.truncated += bool(record.get("truncated"))
-    return folded
+    return [record for _, record in moved.values()]

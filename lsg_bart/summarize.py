@@ -339,7 +339,7 @@ class Processes:
 
 def choose_device(requested, processes):
     """The device of this process: `requested`, with "cuda" (or none, where CUDA is available) meaning
-    cuda:LOCAL_RANK; and on CPU, the threads split between the processes of this machine."""
+    cuda:LOCAL_RANK, so that each process of a machine takes its own GPU."""
     import torch
 
     if requested is None:
@@ -366,25 +366,25 @@ def split_threads(device, threads, processes):
 
 
 def open_output(output, retry_errors):
-    """Process 0's start: lock --output (created if missing), complete or cut its last line, remove its error
-    lines with `retry_errors`, and fold in the shards that killed runs left. Returns its `Appender`."""
+    """Process 0's start: lock --output (created if missing), complete or cut its last line, fold in the shards
+    that killed runs left, and with `retry_errors` remove its error lines. Returns its `Appender`."""
     writer = Appender(output)
     try:
         found = scan(output)
         repaired = repair_tail(output, found)
         if repaired:
             logger.warning(repaired)
-        if retry_errors and any(found.keys.values()):
+        for shard in shards_beside(output):
+            folded = fold_shard(shard, writer, found.keys)
+            logger.warning("%s: folded in %d line(s) that a killed run left in %s", output, len(folded), shard)
+        errors = sum(found.keys.values())
+        if retry_errors and errors:
             kept = []
             scan(output, lambda record, line: kept.append(line) if "error" not in record else None)
             writer.replace_with(kept)
-            logger.warning("%s: removed %d error line(s) to summarise them again", output, sum(found.keys.values()))
-            found = scan(output)
-        for shard in shards_beside(output):
-            folded = fold_shard(shard, writer, found.keys)
-            logger.warning("%s: folded %d line(s) left by a killed run from %s", output, folded.summaries, shard)
+            logger.warning("%s: removed %d error line(s), to summarise their ids again", output, errors)
     except BaseException:
-        writer.close()
+        writer.close_after_failure()
         raise
     return writer
 
@@ -496,10 +496,7 @@ def summarize_corpus(args, corpus, processes):
         if processes.rank == 0:
             done = scan(args.output).keys  # with the ids that process 0 wrote
             for shard in shards:
-                folded = fold_shard(shard, writer, done)
-                tally.summaries += folded.summaries
-                tally.truncated += folded.truncated
-                tally.errors += folded.errors
+                tally.add(fold_shard(shard, writer, done))
     except BaseException:
         writer.close_after_failure()
         raise
@@ -532,8 +529,8 @@ def run(argv=None):
         corpus = open_corpus(args.input, args.id_column, args.text_column)
     except ValueError as error:
         parser.error(str(error))
-    processes.start()
     try:
+        processes.start()
         return summarize_corpus(args, corpus, processes)
     except ValueError as error:  # OutputError too
         parser.error(str(error))
