@@ -5,7 +5,7 @@ Each setting (implementation, input length, beams, new tokens, batch) runs once 
 bart-base size with random weights, with the number of new tokens forced (`min_new_tokens = max_new_tokens`):
 - lsg, lsg_bf16: this project's LSGBartForConditionalGeneration (float32, bfloat16);
 - lsg_int8: the same after PyTorch's dynamic int8 quantisation of every `nn.Linear`
-  (`torch.ao.quantization.quantize_dynamic`);
+  (`torch.ao.quantization.quantize_dynamic`, the int8 form that docs/performance.md recommends on CPU);
 - lsg_compiled: float32 with transformers' compiled-decoding recipe (`cache_implementation="static"` and the
   model's forward under `torch.compile(fullgraph=True)`); its warm-up is a whole run of the same setting, so that
   compilation is not timed;
@@ -92,6 +92,25 @@ def build_model(impl: str, size: dict, length: int):
     raise ValueError(f"unknown implementation {impl!r}")
 
 
+# torch.ao.quantization is deprecated (torch 2.10 and later warn when it quantises, twice) but still ships, and its
+# dynamic int8 is the fastest int8 form measured on CPU (`int8_forms.py`, docs/performance.md): the form recommended,
+# with its warnings silenced.
+TORCH_AO_DEPRECATIONS = r"torch\.(ao\.quantization is|quantize_per_tensor,.*are) deprecated"
+
+
+def dynamic_int8(model):
+    """`model` with every `nn.Linear` replaced by PyTorch's dynamic int8 form (`torch.ao.quantization.
+    quantize_dynamic`, weights in int8, activations quantised on the fly), without torch.ao's deprecation
+    warnings."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCH_AO_DEPRECATIONS)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def copy_bandwidth_gb_s() -> float:
     """Bytes read and written per second by a 256 MB tensor copy (best of 5)."""
     import torch
@@ -137,7 +156,7 @@ def measure(task: dict) -> dict:
     if impl == "lsg_bf16":
         model.to(torch.bfloat16)
     if impl == "lsg_int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = dynamic_int8(model)
     if impl == "lsg_compiled":
         model.forward = torch.compile(model.forward, fullgraph=True)
     generator = torch.Generator().manual_seed(task["seed"])

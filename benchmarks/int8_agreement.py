@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate_benchmark import dynamic_int8  # noqa: E402
 from run_benchmark import cpu_description  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "int8"
@@ -120,10 +121,7 @@ def compare(candidate, reference_outputs, references):
 
 def quantized_models(model):
     """(name, model) for each int8 form: torch.ao's dynamic quantisation, and torchao's where it is installed."""
-    import torch
-
-    forms = [("torch.ao dynamic int8", torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear},
-                                                                             dtype=torch.qint8))]
+    forms = [("torch.ao dynamic int8", dynamic_int8(copy.deepcopy(model)))]
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError:

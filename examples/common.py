@@ -7,7 +7,7 @@ this works with `python`, `torchrun` and `accelerate launch`, and when the scrip
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import datasets
 import transformers
@@ -90,17 +90,96 @@ def data_format(path):
     return {"json": "json", "jsonl": "json", "csv": "csv"}.get(suffix)
 
 
+# transformers 5 renamed these TrainingArguments fields and warns on the old names, which the examples document
+# because every supported transformers knows them.
+RENAMED_TRAINING_FIELDS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
+def accelerator_available():
+    """Whether torch sees a GPU or another accelerator (CUDA, XPU, MPS, ...)."""
+    import torch
+
+    if hasattr(torch, "accelerator"):  # torch 2.6 and later
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+def choose_precision(values):
+    """Make --bf16 (`values`: the training arguments as a dict, changed in place) run on this machine, where
+    transformers would refuse it ("Your setup doesn't support bf16/gpu"). Returns a line saying what was chosen, or
+    None when nothing changed.
+
+    Without a GPU the run goes to the CPU (`use_cpu`), in bfloat16 mixed precision where the CPU has bfloat16
+    instructions (AVX-512 BF16 or AMX) and in float32 elsewhere, where bfloat16 is emulated and several times
+    slower. A GPU without bfloat16 (before Ampere) trains in float32. An explicit --use_cpu keeps --bf16 as given.
+    """
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    asked = [name for name in ("bf16", "bf16_full_eval") if values.get(name)]
+    if not asked or values.get("use_cpu") or is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return None
+    flags = " and ".join(f"--{name}" for name in asked)
+    if accelerator_available():
+        values.update(dict.fromkeys(asked, False))
+        return f"{flags}: this accelerator does not support bfloat16; training in float32 instead."
+    from lsg_bart.lsg_kernels import CPU_BF16
+
+    values["use_cpu"] = True
+    if CPU_BF16:
+        return f"{flags}: no GPU here; training on the CPU (use_cpu) in bfloat16 mixed precision."
+    values.update(dict.fromkeys(asked, False))
+    return (
+        f"{flags}: no GPU here, and this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), on which bfloat16 "
+        "runs several times slower than float32: training on the CPU (use_cpu) in float32 instead."
+    )
+
+
 class ArgumentParser(OneLineErrors, HfArgumentParser):
-    """`HfArgumentParser` whose errors are one line (the usage, every TrainingArguments flag, is for --help)."""
+    """`HfArgumentParser` whose errors are one line (the usage, every TrainingArguments flag, is for --help).
+
+    Before the TrainingArguments are built, whether from the command line or from a .json file: the renamed fields
+    (`RENAMED_TRAINING_FIELDS`) go to their new names where the installed transformers has them, and --bf16 is made
+    to run on this machine (`choose_precision`; its line, if any, is kept in `notes`)."""
+
+    notes = ()
+
+    def _prepare_training_values(self, values):
+        for old, new in RENAMED_TRAINING_FIELDS.items():
+            if values.get(old) is not None and new in values and values[new] is None:
+                values[new], values[old] = values[old], None
+        if "use_cpu" in values:  # the parser holds TrainingArguments
+            note = choose_precision(values)
+            self.notes = (note,) if note else ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, remaining = super().parse_known_args(args, namespace)
+        self._prepare_training_values(vars(namespace))
+        return namespace, remaining
+
+    def parse_dict(self, args, allow_extra_keys=False):
+        field_names = {f.name for dtype in self.dataclass_types for f in fields(dtype)}
+        args = dict(args)
+        for name in set(RENAMED_TRAINING_FIELDS.values()) | {"use_cpu"}:
+            if name in field_names:
+                args.setdefault(name, None if name != "use_cpu" else False)
+        self._prepare_training_values(args)
+        return super().parse_dict(args, allow_extra_keys=allow_extra_keys)
 
 
 def parse_args(dataclass_types, argv=None):
-    """The `dataclass_types` filled from `argv` (default: `sys.argv[1:]`) or from a single .json file."""
+    """The `dataclass_types` filled from `argv` (default: `sys.argv[1:]`) or from a single .json file. The training
+    arguments' `example_notes` hold what `ArgumentParser` changed (logged by `start_run`)."""
     parser = ArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    parsed[-1].example_notes = parser.notes
+    return parsed
 
 
 def setup_logging(training_args, logger):
@@ -128,6 +207,8 @@ def start_run(training_args, logger):
         training_args.parallel_mode.value == "distributed",
         training_args.bf16,
     )
+    for note in getattr(training_args, "example_notes", ()):
+        logger.warning(note)
     logger.info("Training parameters %s", training_args)
 
     last_checkpoint = None

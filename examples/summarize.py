@@ -44,8 +44,8 @@ def build_parser():
         help="Tokens kept of each document (default and maximum: the model's max_position_embeddings).",
     )
     generation = parser.add_argument_group("generation (beam search)")
-    generation.add_argument("--num_beams", type=int, default=4, help="Beam size (1: greedy).")
-    generation.add_argument("--max_new_tokens", type=int, default=256, help="Longest summary, in tokens.")
+    generation.add_argument("--num_beams", type=int, default=4, help="Beam size (1: greedy; default: %(default)s).")
+    generation.add_argument("--max_new_tokens", type=int, default=256, help="Longest summary, in tokens (default: %(default)s).")
     generation.add_argument("--min_new_tokens", type=int, default=None, help="Shortest summary, in tokens.")
     generation.add_argument("--length_penalty", type=float, default=None, help=">1 favours longer summaries.")
     generation.add_argument("--no_repeat_ngram_size", type=int, default=None, help="Forbid repeating n-grams.")
@@ -53,9 +53,9 @@ def build_parser():
     generation.add_argument(
         "--early_stopping", action="store_true", help="Stop the beam search once num_beams candidates have ended."
     )
-    parser.add_argument("--batch_size", type=int, default=1, help="Documents per generate() call.")
+    parser.add_argument("--batch_size", type=int, default=1, help="Documents per generate() call (default: %(default)s).")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ... (default: cuda when available).")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="Weights' dtype.")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="Weights' dtype (default: %(default)s).")
     parser.add_argument("--output_dir", default=None, help="Write <name>.summary.txt files here.")
     parser.add_argument("--jsonl", action="store_true", help="Print one JSON object per document.")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")

@@ -6,8 +6,11 @@ loaded from folders goes to the temporary HF_HOME set in conftest.py.
 
 import json
 import math
+import re
+import shlex
 import subprocess
 import sys
+import warnings
 
 import datasets
 import pytest
@@ -21,7 +24,7 @@ from lsg_bart import REMOTE_CODE_FILES, LSGBartConfig
 from lsg_bart.cli import input_length
 from lsg_bart.tiny import sample_text
 
-from conftest import EXAMPLES, load_example, write_jsonl
+from conftest import EXAMPLES, REPO, load_example, write_jsonl
 
 CODE_FILES = REMOTE_CODE_FILES
 
@@ -295,7 +298,6 @@ def test_gradient_accumulation_logs_the_mean_loss(tiny_checkpoint, summarization
     assert logged == pytest.approx(sum(losses) / len(losses), rel=0.05)
 
 
-@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 @pytest.mark.parametrize("example", ["summarization", "classification"])
 def test_gradient_checkpointing_and_bf16(example, tiny_checkpoint, summarization_data, classification_data, tmp_path):
     """--gradient_checkpointing recomputes the layers in the backward pass; --bf16 runs the steps in bfloat16."""
@@ -324,6 +326,122 @@ def test_gradient_checkpointing_and_bf16(example, tiny_checkpoint, summarization
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     # Mixed precision keeps float32 master weights: the saved model is float32.
     assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "model.safetensors").values())
+
+
+def readme_fine_tuning_command():
+    """The arguments of the README's fine-tuning command (the `run_summarization.py` line of its "Fine-tuning"
+    section), as a shell would pass them."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Fine-tuning\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    [command] = [line for line in block.splitlines() if "examples/run_summarization.py" in line]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "examples/run_summarization.py"], command
+    return words[2:]
+
+
+def with_values(argv, **values):
+    """`argv` with the values of the flags named in `values` replaced (each flag must be there)."""
+    argv = list(argv)
+    for name, value in values.items():
+        assert f"--{name}" in argv, f"--{name} is no longer in the command"
+        argv[argv.index(f"--{name}") + 1] = str(value)
+    return argv
+
+
+def test_the_readmes_fine_tuning_command_trains_on_this_machine(
+    tiny_checkpoint, summarization_data, tmp_path, caplog
+):
+    """The README's command as written (--bf16 --gradient_checkpointing, no --use_cpu), with the tiny checkpoint and
+    data and 2 short steps: it trains, in the precision that the example chooses for this machine, with no
+    deprecation warning."""
+    argv = with_values(
+        readme_fine_tuning_command(),
+        model_name_or_path=tiny_checkpoint,
+        train_file=summarization_data["train"],
+        validation_file=summarization_data["validation"],
+        output_dir=tmp_path / "out",
+    ) + [
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+        "--max_eval_samples", "2", "--generation_max_length", "8", "--report_to", "none", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    assert "--bf16" in argv and "--gradient_checkpointing" in argv and "--use_cpu" not in argv
+    probe = Probe()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = run_summarization.main(argv, callbacks=[probe])
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not deprecations, deprecations
+
+    assert trainer.state.global_step == 2
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    initial = state_digest(load_file(tiny_checkpoint / "model.safetensors"))
+    trained = state_digest(trainer.model.state_dict())
+    assert any(initial[name] != pytest.approx(value) for name, value in trained.items() if name in initial)
+    assert math.isfinite(json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_loss"])
+    assert probe.calls == [4, 4]  # --gradient_checkpointing: the layers run again in the backward pass
+
+    common = run_summarization.common
+    if not common.accelerator_available():
+        from lsg_bart.lsg_kernels import CPU_BF16
+
+        assert trainer.args.use_cpu and trainer.args.bf16 == CPU_BF16
+        assert probe.dtypes == {torch.bfloat16 if CPU_BF16 else torch.float32}
+        [note] = [record.getMessage() for record in caplog.records if record.getMessage().startswith("--bf16: ")]
+        assert f"training on the CPU (use_cpu) in {'bfloat16' if CPU_BF16 else 'float32'}" in note
+
+
+@pytest.mark.parametrize(
+    "gpu, bf16_gpu, cpu_bf16, expected",
+    [
+        (False, False, True, dict(use_cpu=True, bf16=True, note="on the CPU (use_cpu) in bfloat16")),
+        (False, False, False, dict(use_cpu=True, bf16=False, note="on the CPU (use_cpu) in float32")),
+        (True, False, True, dict(use_cpu=False, bf16=False, note="does not support bfloat16; training in float32")),
+        (True, True, False, dict(use_cpu=False, bf16=True, note=None)),
+    ],
+)
+def test_bf16_becomes_a_precision_this_machine_runs(gpu, bf16_gpu, cpu_bf16, expected, monkeypatch, tmp_path):
+    """--bf16 without --use_cpu on each kind of machine, from the command line and from a .json file: the precision
+    and device chosen, and the one line saying so."""
+    import transformers.utils
+
+    import lsg_bart.lsg_kernels
+
+    common = run_summarization.common
+    monkeypatch.setattr(common, "accelerator_available", lambda: gpu)
+    monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: bf16_gpu)
+    monkeypatch.setattr(lsg_bart.lsg_kernels, "CPU_BF16", cpu_bf16)
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: bf16_gpu)
+    flags = ["--model_name_or_path", "x", "--validation_file", str(tmp_path / "v.jsonl"), "--output_dir", "o"]
+    (tmp_path / "v.jsonl").write_text("{}\n")
+    json_file = tmp_path / "arguments.json"
+    json_file.write_text(json.dumps({"model_name_or_path": "x", "validation_file": str(tmp_path / "v.jsonl"),
+                                     "output_dir": "o", "bf16": True}))
+    for argv in (flags + ["--bf16"], [str(json_file)]):
+        *_, training_args = run_summarization.parse_args(argv)
+        assert (training_args.use_cpu, training_args.bf16) == (expected["use_cpu"], expected["bf16"])
+        if expected["note"] is None:
+            assert training_args.example_notes == ()
+        else:
+            [note] = training_args.example_notes
+            assert note.startswith("--bf16: ") and expected["note"] in note
+    # An explicit --use_cpu keeps --bf16 as given, as transformers does.
+    *_, training_args = run_summarization.parse_args(flags + ["--bf16", "--use_cpu"])
+    assert training_args.bf16 and training_args.use_cpu and training_args.example_notes == ()
+
+
+def test_gradient_checkpointing_is_passed_on_without_a_deprecation_warning(tmp_path):
+    """The documented --gradient_checkpointing (and its kwargs) reach transformers 5 under their new names."""
+    (tmp_path / "v.jsonl").write_text("{}\n")
+    argv = ["--model_name_or_path", "x", "--validation_file", str(tmp_path / "v.jsonl"), "--output_dir", "o",
+            "--gradient_checkpointing", "--gradient_checkpointing_kwargs", '{"use_reentrant": false}']
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        *_, training_args = run_classification.parse_args(argv)
+    assert training_args.gradient_checkpointing is True
+    assert training_args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    if hasattr(training_args, "activation_checkpointing"):  # transformers 5
+        assert training_args.activation_checkpointing is True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -496,6 +614,9 @@ def test_summarize_help_and_argument_errors_answer_before_heavy_imports(tmp_path
     assert imported == "[]"
     help_run, *errors = json.loads(results)
     assert help_run["code"] == 0 and "package's summarization pipeline" in help_run["out"]
+    help_text = " ".join(help_run["out"].split())
+    for flag, default in (("--num_beams", 4), ("--max_new_tokens", 256), ("--batch_size", 1), ("--dtype", "float32")):
+        assert re.search(rf"{flag} [^-]*\bdefault: {default}\)", help_text), (flag, help_text)
     for (argv, expected), got in zip(SUMMARIZE_ERRORS, errors):
         assert got["code"] == 2, (argv, got)
         prog, message = got["err"].split(": error: ", 1)
