@@ -261,6 +261,43 @@ def test_two_processes_give_each_id_once_with_the_same_summaries(launcher, check
     assert len(closing) == 1 and "13 summaries written" in closing[0] and "3 already done" in closing[0], closing
 
 
+RAY_RECIPE = r"""
+import glob, json, sys
+
+import ray
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+{recipe}
+rows = [json.loads(line) for path in glob.glob(sys.argv[1] + "/*.json") for line in open(path, encoding="utf-8")]
+print(json.dumps(rows))
+ray.shutdown()
+"""
+
+
+def test_the_docs_ray_recipe_on_a_local_ray_cluster(checkpoint, corpus, reference, tmp_path):
+    """docs/corpus.md's Ray Data recipe, as written but for the paths, the generation settings of `reference` and
+    one actor of one CPU (the machine has 2): each id once, with the command's summaries. Optional: Ray is not a
+    dependency (CI installs it for this test after the suite)."""
+    pytest.importorskip("ray")
+    docs = (REPO / "docs" / "corpus.md").read_text(encoding="utf-8")
+    recipe = re.search(r"\*\*Ray Data\*\*.*?```python\n(.*?)```", docs, re.S).group(1)
+    output = tmp_path / "summaries"
+    for written, replacement in (
+        ('"lsg-bart-base-4096-arxiv"', repr(str(checkpoint))),
+        ("batch_size=4)", "batch_size=4, max_input_length=256, num_beams=2, max_new_tokens=8)"),
+        ("concurrency=4, num_cpus=2", "concurrency=1, num_cpus=1"),
+        ('"corpus.jsonl"', repr(corpus)),
+        ('"summaries/"', repr(str(output))),
+    ):
+        assert recipe.count(written) == 1, written
+        recipe = recipe.replace(written, replacement)
+    result = subprocess.run([sys.executable, "-c", RAY_RECIPE.format(recipe=recipe), str(output)], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = by_id(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert rows == {key: {"id": key, "summary": record["summary"], "error": None} for key, record in reference.items()}
+
+
 def test_bad_rows_are_error_lines_with_their_id_and_the_run_goes_on(checkpoint, reference, tmp_path, caplog):
     rows = [{"id": f"doc-{i:02d}", "text": document(i)} for i in range(4)]
     rows[1] = {"id": "doc-01", "body": document(1)}  # no text field
