@@ -356,6 +356,23 @@ def test_summarize_texts_keeps_the_order_and_reports_bad_texts(checkpoint, refer
     assert results[6:] == [{"error": "empty text"}, {"error": "'text' is null"}]
 
 
+def test_int8_quantises_every_linear_layer_quietly_and_summarises_each_id_once(checkpoint, corpus, tmp_path):
+    import warnings
+
+    linear_layers = sum(type(module) is torch.nn.Linear for module in load_model(str(checkpoint), "cpu")[0].modules())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = load_model(str(checkpoint), "cpu", int8=True)
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
+    assert not any(type(module) is torch.nn.Linear for module in model.modules())
+    quantised = sum(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules())
+    assert quantised == linear_layers == 2 * 6 + 2 * 10 + 1  # encoder and decoder layers' projections, the LM head
+    output = tmp_path / "out.jsonl"
+    report = summarize_cli(checkpoint, corpus, output, "--int8")
+    records = by_id(read_output(output))
+    assert len(records) == 16 == report["summaries"] and all(isinstance(r["summary"], str) for r in records.values())
+
+
 def test_a_second_run_on_an_output_in_use_is_refused(checkpoint, corpus, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
     output.write_bytes(b"")
