@@ -613,7 +613,7 @@ def test_summarize_help_and_argument_errors_answer_before_heavy_imports(tmp_path
     results, imported = result.stdout.strip().splitlines()
     assert imported == "[]"
     help_run, *errors = json.loads(results)
-    assert help_run["code"] == 0 and "package's summarization pipeline" in help_run["out"]
+    assert help_run["code"] == 0 and "summarize_texts" in help_run["out"] and "lsg-bart-summarize" in help_run["out"]
     help_text = " ".join(help_run["out"].split())
     for flag, default in (("--num_beams", 4), ("--max_new_tokens", 256), ("--batch_size", 1), ("--dtype", "float32")):
         assert re.search(rf"{flag} [^-]*\bdefault: {default}\)", help_text), (flag, help_text)
@@ -632,6 +632,17 @@ def test_summarize_reads_stdin_and_caps_length_at_the_model(tiny_checkpoint, mon
     assert results[0]["truncated"] and results[0]["input_tokens"] == 4096  # the model's max_position_embeddings
     assert captured.out == results[0]["summary"] + "\n"
     assert "truncated to 4096 tokens: <stdin>" in captured.err
+
+
+def test_summarize_says_which_file_is_empty_and_summarises_the_others(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+    (tmp_path / "doc.txt").write_text(sample_text(80, 1), encoding="utf-8")
+    files = [str(tmp_path / "empty.txt"), str(tmp_path / "doc.txt")]
+    results = summarize.main(files + ["--model", str(tiny_checkpoint), "--max_new_tokens", "4", "--no_progress"])
+    captured = capsys.readouterr()
+    assert results[0] == {"error": "empty text"} and set(results[1]) == {"summary", "input_tokens", "truncated"}
+    assert f"{files[0]}: empty text, not summarised" in captured.err
+    assert captured.out == f"==> {files[1]} <==\n{results[1]['summary']}\n\n"
 
 
 def test_summarization_pipeline_with_a_saved_checkpoint(tiny_checkpoint):
