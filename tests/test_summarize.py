@@ -415,18 +415,23 @@ for name, lines in rows.items():
 os.makedirs("folder")
 os.makedirs("empty")
 before = {name: open(name, "rb").read() for name in rows}
-results = []
-for argv, environment in json.loads(sys.argv[1]):
+
+
+def answer(argv, environment):  # the exit status (None if main returned), stdout and stderr
     os.environ.update(environment)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
+    out, err, code = io.StringIO(), io.StringIO(), None
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             summarize.main(argv)
-        except SystemExit as exit:
-            results.append({"code": exit.code, "out": out.getvalue(), "err": err.getvalue()})
-    for name in environment:
-        del os.environ[name]
-print(json.dumps(results))
+    except SystemExit as exit:
+        code = exit.code
+    finally:
+        for name in environment:
+            del os.environ[name]
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
+
+
+print(json.dumps([answer(argv, environment) for argv, environment in json.loads(sys.argv[1])]))
 print(sorted(name for name in ("torch", "transformers", "safetensors", "datasets") if name in sys.modules))
 print(sorted(os.listdir(".")) == sorted([*rows, "folder", "empty"]))  # nothing written
 print(all(open(name, "rb").read() == data for name, data in before.items()))  # nothing changed
