@@ -5,8 +5,8 @@ Kinds of input (`open_corpus`), picked from the paths given to `--input`:
 - JSON lines (`.jsonl`, `.ndjson`): one object a line, with an id field and a text field. Standard library only:
   the first pass keeps each row's id and byte offset, and a row's text is read again when its batch comes, so that
   a corpus larger than memory works.
-- text files: a folder (its `*.txt` files), a glob pattern (quoted, so that the shell leaves it) or files; the id of
-  a document is its file name.
+- text files: a folder (its `*.txt` files), a glob pattern (quoted, so that the shell leaves it; its matches are
+  read by their suffixes, like files given one by one) or files; the id of a document is its file name.
 - CSV (`.csv`, `.tsv`), parquet (`.parquet`), JSON (`.json`) and folders written by `Dataset.save_to_disk`, through
   the `datasets` package (imported only for them).
 
@@ -201,39 +201,48 @@ class DatasetCorpus(Corpus):
         return [text_or_bad_row(value, self.text_column) for value in column]
 
 
+def file_kind(path):
+    """The kind of one file, from its suffix: "jsonl", a `datasets` builder ("csv", "parquet", "json") or "text"."""
+    suffix = os.path.splitext(path)[1].lower()
+    return "jsonl" if suffix in JSONL_SUFFIXES else DATASETS_SUFFIXES.get(suffix, "text")
+
+
 def input_kind(path):
-    """What `path` (one value of `--input`) is: ("jsonl" | "text" | "csv" | "parquet" | "json" | "saved", [paths]).
-    `CorpusError` for a path that does not exist, a glob that matches nothing, a folder of neither kind."""
+    """(kind, file) pairs for `path`, one value of `--input`: a file, a folder (its .txt files, or a saved dataset:
+    kind "saved") or a glob (each match by its suffix). `CorpusError` for a path that does not exist, a glob that
+    matches nothing, a folder of neither kind."""
     if os.path.isdir(path):
         if any(os.path.isfile(os.path.join(path, name)) for name in SAVED_DATASET_FILES):
-            return "saved", [path]
+            return [("saved", path)]
         files = sorted(glob.glob(os.path.join(glob.escape(path), "*.txt")))
         if not files:
             raise CorpusError(f"--input {path!r} is a folder with no .txt file and no saved dataset in it")
-        return "text", files
+        return [("text", file) for file in files]
     if os.path.isfile(path):
-        suffix = os.path.splitext(path)[1].lower()
-        if suffix in JSONL_SUFFIXES:
-            return "jsonl", [path]
-        return DATASETS_SUFFIXES.get(suffix, "text"), [path]
+        return [(file_kind(path), path)]
     if any(character in path for character in GLOB_CHARACTERS):
         files = sorted(match for match in glob.glob(path, recursive=True) if os.path.isfile(match))
         if not files:
             raise CorpusError(f"--input {path!r} matches no file")
-        return "text", files
+        return [(file_kind(file), file) for file in files]
     raise CorpusError(f"--input {path!r} does not exist")
 
 
-def input_files(inputs):
-    """The kind of the `--input` values and their files: `CorpusError` when they mix kinds."""
-    kinds = [input_kind(path) for path in inputs]
-    names = {kind for kind, _ in kinds}
-    if len(names) > 1:
-        raise CorpusError(f"--input mixes {' and '.join(sorted(names))} files; give inputs of one kind")
-    kind = names.pop()
-    if kind == "saved" and len(kinds) > 1:
+def input_files(inputs, output=None):
+    """The kind of the `--input` values and their files. `CorpusError` when they mix kinds, or when one of the files
+    is `output` (which a glob can match)."""
+    pairs = [pair for path in inputs for pair in input_kind(path)]
+    kinds = sorted({kind for kind, _ in pairs})
+    if len(kinds) > 1:
+        raise CorpusError(f"--input mixes {' and '.join(kinds)} files; give inputs of one kind")
+    if kinds == ["saved"] and len(pairs) > 1:
         raise CorpusError("--input names several saved datasets; give one")
-    return kind, [path for _, paths in kinds for path in paths]
+    paths = [path for _, path in pairs]
+    if output is not None and os.path.exists(output):
+        for path in paths:
+            if os.path.samefile(path, output):
+                raise CorpusError(f"--input {path!r} is the --output file; give another --output")
+    return kinds[0], paths
 
 
 def load_dataset_input(kind, paths):
@@ -257,11 +266,11 @@ def load_dataset_input(kind, paths):
     return datasets.load_dataset(kind, data_files=paths, split="train", **options)
 
 
-def open_corpus(inputs, id_column="id", text_column="text"):
+def open_corpus(inputs, id_column="id", text_column="text", output=None):
     """The corpus of the `--input` values `inputs` (paths, folders or globs); see the module's docstring for the
     kinds. `CorpusError` (one line) for a path that is missing or of no known kind, a row without an id, a
-    duplicate id or a column that no row has."""
-    kind, paths = input_files(inputs)
+    duplicate id, a column that no row has, or an input that is the `output` file."""
+    kind, paths = input_files(inputs, output)
     if kind == "jsonl":
         return JsonLinesCorpus(paths, id_column, text_column)
     if kind == "text":

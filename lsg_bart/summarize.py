@@ -152,9 +152,6 @@ def check_arguments(args):
     folder = os.path.dirname(output) or "."
     if not os.path.isdir(folder):
         return f"--output {output!r}: the folder {folder!r} does not exist"
-    for path in args.input:
-        if os.path.exists(path) and os.path.exists(output) and os.path.samefile(path, output):
-            return f"--output {output!r} is also an --input; give another file"
     return None
 
 
@@ -526,7 +523,7 @@ def run(argv=None):
         problem = check_arguments(args)
         if problem is not None:
             parser.error(problem)
-        corpus = open_corpus(args.input, args.id_column, args.text_column)
+        corpus = open_corpus(args.input, args.id_column, args.text_column, output=args.output)
     except ValueError as error:
         parser.error(str(error))
     try:

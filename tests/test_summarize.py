@@ -408,6 +408,7 @@ rows = {
     "broken.jsonl": ['{"id": "a", "text": "x"}', '{oops'],
     "foreign.jsonl": ['{"name": "mine"}'],
     "foreign-tail.jsonl": ['{"id": "a", "summary": "s", "input_tokens": 1, "truncated": false}', 'notes'],
+    "notes.txt": ["A text file."],
 }
 for name, lines in rows.items():
     with open(name, "w") as f:
@@ -453,11 +454,17 @@ ARGUMENT_ERRORS = [
     (["--model", "ckpt", "--input", "corpus.jsonl", "--output", "nowhere/out.jsonl"],
      "--output 'nowhere/out.jsonl': the folder 'nowhere' does not exist"),
     (["--model", "ckpt", "--input", "corpus.jsonl", "--output", "corpus.jsonl"],
-     "--output 'corpus.jsonl' is also an --input"),
+     "--input 'corpus.jsonl' is the --output file; give another --output"),
+    (["--model", "ckpt", "--input", "*.jsonl", "--output", "broken.jsonl"],
+     "--input 'broken.jsonl' is the --output file"),  # a glob's matches are read by their suffixes: JSON lines here
+    (["--model", "ckpt", "--input", "corpus.jsonl", "notes.txt", "--output", "out.jsonl"],
+     "--input mixes jsonl and text files; give inputs of one kind"),
+    (["--model", "ckpt", "--input", "corpus.jsonl", "folder", "--output", "out.jsonl"],
+     "--input 'folder' is a folder with no .txt file"),
     (["--model", "ckpt", "--input", "missing.jsonl", "--output", "out.jsonl"], "--input 'missing.jsonl' does not exist"),
     (["--model", "ckpt", "--input", "empty", "--output", "out.jsonl"],
      "--input 'empty' is a folder with no .txt file and no saved dataset in it"),
-    (["--model", "ckpt", "--input", "*.txt", "--output", "out.jsonl"], "--input '*.txt' matches no file"),
+    (["--model", "ckpt", "--input", "*.md", "--output", "out.jsonl"], "--input '*.md' matches no file"),
     (["--model", "ckpt", "--input", "corpus.jsonl", "missing.txt", "--output", "out.jsonl"],
      "--input 'missing.txt' does not exist"),
     (["--model", "ckpt", "--input", "duplicates.jsonl", "--output", "out.jsonl"],
