@@ -151,7 +151,8 @@ def markdown(results) -> str:
              f"weights; {results['documents']} documents of {', '.join(map(str, results['words']))} words, "
              f"{sum(results['input_tokens'])} input tokens; {results['beams']} beams, {results['new_tokens']} new "
              f"tokens forced; medians of {results['rounds']} round(s))", "",
-             "| batch size | sorted by length | seconds | documents/s | input tokens/s | padded share | vs batch 1 unsorted |",
+             "| batch size | sorted by length | seconds | documents/s | input tokens/s | padded share "
+             "| vs batch 1 unsorted |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in results["rows"]:
         speedup = row["speedup_vs_batch_1_unsorted"]

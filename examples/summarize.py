@@ -46,7 +46,9 @@ def build_parser():
         help="Tokens kept of each document (default and maximum: the model's max_position_embeddings).",
     )
     add_generation_arguments(parser)
-    parser.add_argument("--batch_size", type=int, default=1, help="Documents per generate() call (default: %(default)s).")
+    parser.add_argument(
+        "--batch_size", type=int, default=1, help="Documents per generate() call (default: %(default)s)."
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, ... (default: cuda when available).")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="Weights' dtype (default: %(default)s).")
     parser.add_argument("--output_dir", default=None, help="Write <name>.summary.txt files here.")

@@ -130,7 +130,8 @@ class JsonLinesCorpus(Corpus):
         try:
             row = json.loads(line)
         except ValueError as error:  # also UnicodeDecodeError
-            raise CorpusError(f"{path!r} line {line_number} is not JSON ({error}); --input must be JSON lines") from None
+            message = f"{path!r} line {line_number} is not JSON ({error}); --input must be JSON lines"
+            raise CorpusError(message) from None
         if not isinstance(row, dict):
             raise CorpusError(f"{path!r} line {line_number} is a JSON {type(row).__name__}, not an object")
         return row
@@ -257,10 +258,8 @@ def load_dataset_input(kind, paths):
     if kind == "saved":
         dataset = datasets.load_from_disk(paths[0])
         if isinstance(dataset, datasets.DatasetDict):
-            splits = ", ".join(dataset)
-            raise CorpusError(
-                f"--input {paths[0]!r} holds the splits {splits}; give one of them, e.g. {paths[0]}/{next(iter(dataset))}"
-            )
+            example = os.path.join(paths[0], next(iter(dataset)))
+            raise CorpusError(f"--input {paths[0]!r} holds the splits {', '.join(dataset)}; give one, e.g. {example}")
         return dataset
     options = {"delimiter": "\t"} if kind == "csv" and paths[0].lower().endswith(".tsv") else {}
     return datasets.load_dataset(kind, data_files=paths, split="train", **options)

@@ -58,9 +58,11 @@ def add_generation_arguments(parser):
     generation.add_argument(
         "--max_new_tokens", type=int, default=256, help="Longest summary, in tokens (default: %(default)s)."
     )
-    generation.add_argument("--min_new_tokens", type=int, default=None, help="Shortest summary, in tokens (default: none).")
+    generation.add_argument(
+        "--min_new_tokens", type=int, default=None, help="Shortest summary, in tokens (default: none)."
+    )
     generation.add_argument("--length_penalty", type=float, default=None,
-                            help=">1 favours longer summaries (default: the checkpoint's generation config).")  # fmt: skip
+                            help=">1 favours longer summaries (default: the checkpoint's).")  # fmt: skip
     generation.add_argument("--no_repeat_ngram_size", type=int, default=None,
                             help="Forbid repeating n-grams of this size (default: the checkpoint's).")  # fmt: skip
     generation.add_argument("--repetition_penalty", type=float, default=None,
@@ -94,7 +96,9 @@ def build_parser():
     )  # fmt: skip
     add_generation_arguments(parser)
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--batch_size", type=int, default=4, help="Documents per generate() call (default: %(default)s).")
+    speed.add_argument(
+        "--batch_size", type=int, default=4, help="Documents per generate() call (default: %(default)s)."
+    )
     speed.add_argument(
         "--sort_window", type=int, default=256,
         help="Documents read, tokenised and sorted by length together, so that a batch holds documents of about one "
@@ -429,14 +433,14 @@ def work(args, corpus, share, writer, processes):
         indices = share[start : start + window]
         texts = corpus.texts(indices)
         good = [(i, text) for i, text in zip(indices, texts) if not isinstance(text, BadRow)]
-        bad = [{"id": corpus.ids[i], "error": text.reason} for i, text in zip(indices, texts) if isinstance(text, BadRow)]
-        for index, text in zip(indices, texts):
-            if isinstance(text, BadRow):
-                logger.warning("id %r (%s): %s; written as an error line", corpus.ids[index], corpus.where(index),
-                               text.reason)  # fmt: skip
-        writer.append(bad)
-        tally.add(bad)
-        bar.update(len(bad))
+        bad = [(i, row) for i, row in zip(indices, texts) if isinstance(row, BadRow)]
+        for index, row in bad:
+            logger.warning("id %r (%s): %s; written as an error line", corpus.ids[index], corpus.where(index),
+                           row.reason)  # fmt: skip
+        records = [{"id": corpus.ids[index], "error": row.reason} for index, row in bad]
+        writer.append(records)
+        tally.add(records)
+        bar.update(len(records))
         batches = summary_batches(model, tokenizer, [text for _, text in good], args.batch_size, max_length,
                                   args.sort_window > 1, generation_kwargs(args))  # fmt: skip
         for batch in batches:

@@ -106,13 +106,14 @@ def test_cli_summarises_a_jsonl_corpus_as_generate_does(checkpoint, corpus, refe
         record, text = records[f"doc-{i:02d}"], document(i)
         full = len(tokenizer(text, verbose=False)["input_ids"])
         inputs = tokenizer(text, truncation=True, max_length=256, return_tensors="pt")
-        expected = tokenizer.decode(model.generate(**inputs, num_beams=2, max_new_tokens=8)[0], skip_special_tokens=True)
+        [expected_ids] = model.generate(**inputs, num_beams=2, max_new_tokens=8)
+        expected = tokenizer.decode(expected_ids, skip_special_tokens=True)
         assert record == {"id": f"doc-{i:02d}", "summary": expected.strip(), "input_tokens": min(full, 256),
                           "truncated": full > 256}  # fmt: skip
     truncated = sum(record["truncated"] for record in records.values())
     assert 0 < truncated < 16
     assert (report["summaries"], report["truncated"], report["errors"], report["already_done"]) == (16, truncated, 0, 0)
-    assert closing.startswith(f"lsg-bart-summarize: 16 summaries written to {output} ({truncated} truncated), 0 failures")
+    assert closing.startswith(f"lsg-bart-summarize: 16 summaries written to {output} ({truncated} truncated), 0 fail")
 
     # A rerun has nothing left to do, and leaves the output as it is.
     before = output.read_bytes()
@@ -461,7 +462,8 @@ ARGUMENT_ERRORS = [
      "--input mixes jsonl and text files; give inputs of one kind"),
     (["--model", "ckpt", "--input", "corpus.jsonl", "folder", "--output", "out.jsonl"],
      "--input 'folder' is a folder with no .txt file"),
-    (["--model", "ckpt", "--input", "missing.jsonl", "--output", "out.jsonl"], "--input 'missing.jsonl' does not exist"),
+    (["--model", "ckpt", "--input", "missing.jsonl", "--output", "out.jsonl"],
+     "--input 'missing.jsonl' does not exist"),
     (["--model", "ckpt", "--input", "empty", "--output", "out.jsonl"],
      "--input 'empty' is a folder with no .txt file and no saved dataset in it"),
     (["--model", "ckpt", "--input", "*.md", "--output", "out.jsonl"], "--input '*.md' matches no file"),
