@@ -374,6 +374,23 @@ def test_int8_quantises_every_linear_layer_quietly_and_summarises_each_id_once(c
     assert len(records) == 16 == report["summaries"] and all(isinstance(r["summary"], str) for r in records.values())
 
 
+def test_each_process_of_a_machine_gets_its_share_of_the_cores_or_its_own_gpu():
+    from lsg_bart.summarize import Processes, choose_device, split_threads
+
+    # What torchrun sets for the second process of the second machine, 2 machines of 2 processes.
+    environment = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    processes = Processes.from_environment(environment)
+    assert processes == Processes(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    assert Processes.from_environment({}) == Processes()  # launched alone
+    assert choose_device("cuda", processes) == "cuda:1" and choose_device("cuda:0", processes) == "cuda:0"
+    split_threads("cpu", None, processes)
+    assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+    split_threads("cpu", 3, processes)  # --threads wins
+    assert torch.get_num_threads() == 3
+    split_threads("cuda:1", 1, processes)  # threads are left alone on a GPU
+    assert torch.get_num_threads() == 3
+
+
 def test_a_second_run_on_an_output_in_use_is_refused(checkpoint, corpus, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
     output.write_bytes(b"")
