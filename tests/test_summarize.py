@@ -455,7 +455,14 @@ print(sorted(name for name in ("torch", "transformers", "safetensors", "datasets
 print(sorted(os.listdir(".")) == sorted([*rows, "folder", "empty"]))  # nothing written
 print(all(open(name, "rb").read() == data for name, data in before.items()))  # nothing changed
 """
-RUN = ["--model", "ckpt", "--input", "corpus.jsonl", "--output", "out.jsonl"]
+
+
+def reading(*inputs, output="out.jsonl"):
+    """A command line reading `inputs` into `output`."""
+    return ["--model", "ckpt", "--input", *inputs, "--output", output]
+
+
+RUN = reading("corpus.jsonl")
 # Each refusal, and its one-line message (after "lsg-bart-summarize: error: ").
 ARGUMENT_ERRORS = [
     (["--input", "corpus.jsonl", "--output", "out.jsonl"], "the following arguments are required: --model"),
@@ -468,36 +475,31 @@ ARGUMENT_ERRORS = [
     (RUN + ["--int8", "--dtype", "bfloat16"], "--int8 quantises float32 weights; drop --dtype bfloat16 or --int8"),
     (RUN + ["--int8", "--device", "cuda"], "--int8 runs on CPU only"),
     (RUN + ["--num_beams", "two"], "argument --num_beams: invalid int value: 'two'"),
-    (["--model", "ckpt", "--input", "corpus.jsonl", "--output", "folder"], "--output 'folder' is a folder"),
-    (["--model", "ckpt", "--input", "corpus.jsonl", "--output", "nowhere/out.jsonl"],
+    (reading("corpus.jsonl", output="folder"), "--output 'folder' is a folder"),
+    (reading("corpus.jsonl", output="nowhere/out.jsonl"),
      "--output 'nowhere/out.jsonl': the folder 'nowhere' does not exist"),
-    (["--model", "ckpt", "--input", "corpus.jsonl", "--output", "corpus.jsonl"],
+    (reading("corpus.jsonl", output="corpus.jsonl"),
      "--input 'corpus.jsonl' is the --output file; give another --output"),
-    (["--model", "ckpt", "--input", "*.jsonl", "--output", "broken.jsonl"],
+    (reading("*.jsonl", output="broken.jsonl"),
      "--input 'broken.jsonl' is the --output file"),  # a glob's matches are read by their suffixes: JSON lines here
-    (["--model", "ckpt", "--input", "corpus.jsonl", "notes.txt", "--output", "out.jsonl"],
-     "--input mixes jsonl and text files; give inputs of one kind"),
-    (["--model", "ckpt", "--input", "corpus.jsonl", "folder", "--output", "out.jsonl"],
-     "--input 'folder' is a folder with no .txt file"),
-    (["--model", "ckpt", "--input", "missing.jsonl", "--output", "out.jsonl"],
-     "--input 'missing.jsonl' does not exist"),
-    (["--model", "ckpt", "--input", "empty", "--output", "out.jsonl"],
-     "--input 'empty' is a folder with no .txt file and no saved dataset in it"),
-    (["--model", "ckpt", "--input", "*.md", "--output", "out.jsonl"], "--input '*.md' matches no file"),
-    (["--model", "ckpt", "--input", "corpus.jsonl", "missing.txt", "--output", "out.jsonl"],
-     "--input 'missing.txt' does not exist"),
-    (["--model", "ckpt", "--input", "duplicates.jsonl", "--output", "out.jsonl"],
+    (reading("corpus.jsonl", "notes.txt"), "--input mixes jsonl and text files; give inputs of one kind"),
+    (reading("corpus.jsonl", "folder"), "--input 'folder' is a folder with no .txt file"),
+    (reading("missing.jsonl"), "--input 'missing.jsonl' does not exist"),
+    (reading("empty"), "--input 'empty' is a folder with no .txt file and no saved dataset in it"),
+    (reading("*.md"), "--input '*.md' matches no file"),
+    (reading("corpus.jsonl", "missing.txt"), "--input 'missing.txt' does not exist"),
+    (reading("duplicates.jsonl"),
      "duplicate id 'a' in --input ('duplicates.jsonl' line 1 and 'duplicates.jsonl' line 3); ids must be unique"),
-    (["--model", "ckpt", "--input", "no-id.jsonl", "--output", "out.jsonl"],
-     "'no-id.jsonl' line 2 has no 'id' field (--id_column); every row needs an id"),
-    (["--model", "ckpt", "--input", "float-id.jsonl", "--output", "out.jsonl"],
+    (reading("no-id.jsonl"), "'no-id.jsonl' line 2 has no 'id' field (--id_column); every row needs an id"),
+    (reading("float-id.jsonl"),
      "'float-id.jsonl' line 1 has the id 1.5 (float) in 'id'; ids must be strings or integers"),
-    (["--model", "ckpt", "--input", "no-text.jsonl", "--output", "out.jsonl"],
-     "--text_column 'text' is in no row of --input; the first row's fields are id, body"),
-    (["--model", "ckpt", "--input", "broken.jsonl", "--output", "out.jsonl"], "'broken.jsonl' line 2 is not JSON"),
-    (["--model", "ckpt", "--input", "corpus.csv", "--output", "out.jsonl"], "--input 'corpus.csv' does not exist"),
-    (RUN[:-1] + ["foreign.jsonl"], "'foreign.jsonl' line 1 is not a line that lsg-bart-summarize writes"),
-    (RUN[:-1] + ["foreign-tail.jsonl"], "'foreign-tail.jsonl' ends with a line that lsg-bart-summarize did not write"),
+    (reading("no-text.jsonl"), "--text_column 'text' is in no row of --input; the first row's fields are id, body"),
+    (reading("broken.jsonl"), "'broken.jsonl' line 2 is not JSON"),
+    (reading("corpus.csv"), "--input 'corpus.csv' does not exist"),
+    (reading("corpus.jsonl", output="foreign.jsonl"),
+     "'foreign.jsonl' line 1 is not a line that lsg-bart-summarize writes"),
+    (reading("corpus.jsonl", output="foreign-tail.jsonl"),
+     "'foreign-tail.jsonl' ends with a line that lsg-bart-summarize did not write"),
 ]
 ENVIRONMENT_ERRORS = [
     ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE='two' is not a non-negative integer"),
