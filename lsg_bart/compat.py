@@ -61,7 +61,7 @@ import dataclasses  # noqa: E402
 import inspect  # noqa: E402
 
 from transformers import BartConfig  # noqa: E402
-from transformers.models.bart.modeling_bart import BartDecoderLayer  # noqa: E402
+from transformers.models.bart.modeling_bart import BartDecoder, BartDecoderLayer  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # torch: the functions that newer releases added or renamed
@@ -216,6 +216,11 @@ def output_requested(config, kwargs, name):
     return bool(getattr(config, name, False) if value is None else value)
 
 
+# The decoder cache's argument: `cache` from transformers 5.25 on (`past_key_values` is deprecated there), before it
+# `past_key_values`.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(BartDecoder.forward).parameters else "past_key_values"
+
+
 def cached_length(past_key_values):
     """How many decoder tokens a cache already holds, where its shapes say so (legacy tuples, dynamic caches); 0
     for none, while tracing, and for static caches, whose length is in their contents (reading it costs a pass
@@ -316,6 +321,7 @@ def pipeline_tokenizer(model):
 
 
 __all__ = [
+    "CACHE_ARGUMENT",
     "DTYPE_ARGUMENT",
     "ConfigBase",
     "accepted_kwargs",

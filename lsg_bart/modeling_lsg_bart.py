@@ -10,6 +10,7 @@ between Python, torch and transformers versions in `compat.py`.
 Shapes: n batch, h heads, T tokens with the global ones, t tokens without them, d head dim, G global tokens.
 """
 
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +47,7 @@ from .lsg_settings import MAX_GLOBAL_TOKENS
 # and configs name this pipeline.
 from .pipeline_lsg_bart import LSGBartSummarizationPipeline  # noqa: F401
 from .compat import (
+    CACHE_ARGUMENT,
     accepted_kwargs,
     autocast_enabled,
     cached_length,
@@ -508,7 +510,7 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
             ("decoder_input_ids", "decoder_inputs_embeds"),
             kwargs.get("decoder_input_ids"),
             kwargs.get("decoder_inputs_embeds"),
-            kwargs.get("past_key_values"),
+            kwargs.get(CACHE_ARGUMENT),
             self.config,
             self.shared.weight.dtype,
         )
@@ -630,16 +632,16 @@ class LSGBartForQuestionAnswering(LSGBartPreTrainedModel, BartForQuestionAnsweri
 class LSGBartForCausalLM(LSGBartPreTrainedModel, BartForCausalLM):
     """The LSG-BART decoder alone with a language-modelling head (the decoder has no LSG attention)."""
 
-    def forward(self, input_ids=None, inputs_embeds=None, past_key_values=None, labels=None, **kwargs):
-        """Same arguments and outputs as [`BartForCausalLM.forward`]."""
+    @functools.wraps(BartForCausalLM.forward)  # `generate` reads the arguments the model takes from its signature
+    def forward(self, input_ids=None, *args, **kwargs):
+        """[`BartForCausalLM.forward`], with its inputs checked first."""
         where, dtype = "LSG-BART decoder", self.model.decoder.embed_tokens.weight.dtype
+        inputs_embeds, labels, cache = kwargs.get("inputs_embeds"), kwargs.get("labels"), kwargs.get(CACHE_ARGUMENT)
         names = ("input_ids", "inputs_embeds")
-        check_decoder_inputs(where, names, input_ids, inputs_embeds, past_key_values, self.config, dtype)
+        check_decoder_inputs(where, names, input_ids, inputs_embeds, cache, self.config, dtype)
         if labels is not None:
             check_token_ids(where, "labels", labels, self.config.vocab_size, ignored=-100)
-        return super().forward(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values, labels=labels, **kwargs
-        )
+        return super().forward(input_ids, *args, **kwargs)
 
 
 LSGBartConfig.register_for_auto_class()

@@ -1,6 +1,7 @@
 """The Hugging Face flow on tiny LSG-BART models: every sparsity type, heads, generation, saving, dtypes."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from lsg_bart import (
     LSGBartForSequenceClassification,
     LSGBartModel,
 )
+from lsg_bart.compat import CACHE_ARGUMENT
 
 # Below two blocks (full attention), not a multiple of the block size, and more than 20 blocks of 16.
 LENGTHS = [25, 150, 400]
@@ -217,6 +219,29 @@ def test_causal_lm_loads_the_decoder_of_a_seq2seq_checkpoint(tmp_path):
     input_ids = torch.randint(5, 100, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(input_ids=input_ids).logits, causal.eval()(input_ids=input_ids).logits)
+
+
+def test_generation_runs_to_the_last_decoder_position_and_no_further():
+    # Sequences may be one token longer than the position table: the last token is generated, never fed back.
+    config = tiny_config(max_position_embeddings=64, dropout=0.0, attention_dropout=0.0)
+    input_ids = torch.randint(5, 100, (1, 10))
+    seq2seq = LSGBartForConditionalGeneration(config).eval()
+    causal = LSGBartForCausalLM(tiny_config(max_position_embeddings=64)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the cache argument under its current name
+        with torch.no_grad():
+            assert seq2seq.generate(input_ids, max_new_tokens=64, min_new_tokens=64).shape == (1, 65)
+            assert causal.generate(input_ids, max_new_tokens=55, min_new_tokens=55).shape == (1, 65)
+    with pytest.raises(ValueError, match="ask for at most 64 new tokens"):
+        seq2seq.generate(input_ids, max_new_tokens=65)
+    with pytest.raises(ValueError, match="ask for at most 55 new tokens"):
+        causal.generate(input_ids, max_new_tokens=56)
+    # A cached decoder step past the positions is refused too, naming the cache.
+    with torch.no_grad():
+        step = causal(input_ids=torch.randint(5, 100, (1, 64)), use_cache=True)
+        cache = step[1] if isinstance(step, tuple) else step.past_key_values
+        with pytest.raises(ValueError, match="`input_ids` has 1 tokens after 64 cached tokens"):
+            causal(input_ids=input_ids[:, :1], **{CACHE_ARGUMENT: cache}, use_cache=True)
 
 
 def test_input_longer_than_positions_or_unaligned_without_adaptive_is_refused():
