@@ -22,9 +22,10 @@ class LSGBartCrossAttention(BartAttention):
     `g` rows per input (beams, returned sequences), next to each other. The queries of an input's `g` rows attend
     together to its keys and values. `generate` projects those once, before the first decoding step
     (`encoder_keys_values`), so that a decoding step reads them and has nothing to decide: no copy per beam,
-    nothing for beam search to reorder, and no graph break under torch.compile. Attention weights, one (h, q, S)
-    block per decoder row, are written out and returned when `output_attentions=True` is passed down or under
-    `attn_implementation="eager"` (as BART's eager attention does); otherwise the fused kernel runs.
+    nothing for beam search to reorder, and no graph break under torch.compile; the keys are kept transposed, so
+    that a step's two products each stream one contiguous stretch per head. Attention weights, one (h, q, S) block
+    per decoder row, are written out and returned when `output_attentions=True` is passed down or under
+    `attn_implementation="eager"` (as BART's eager attention does); outside decoding, the fused kernel runs.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
@@ -36,7 +37,8 @@ class LSGBartCrossAttention(BartAttention):
             config=config,
             **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
         )
-        # (keys, values), each (n, h, S, d), of the encoder output of the running `generate` call, else None.
+        # The running `generate` call's keys, transposed (n, h, d, S), and values (n, h, S, d), both contiguous (see
+        # `keys_and_values_for_decoding`); None outside `generate`.
         self.encoder_keys_values = None
 
     def forward(self, hidden_states, key_value_states=None, attention_mask=None, layer_head_mask=None, **kwargs):
@@ -48,7 +50,11 @@ class LSGBartCrossAttention(BartAttention):
         if n_g % n:
             raise ValueError(f"LSG-BART cross-attention: {n_g} decoder rows for {n} encoder outputs.")
         g = n_g // n
-        key, value = self.encoder_keys_values or self.keys_and_values(key_value_states)  # (n, h, S, d) each
+        if self.encoder_keys_values is not None:
+            key_t, value = self.encoder_keys_values  # (n, h, d, S), (n, h, S, d)
+        else:
+            key, value = self.keys_and_values(key_value_states)  # (n, h, S, d) each
+            key_t = key.transpose(-1, -2)  # (n, h, d, S), a view
         query = project(self.q_proj, hidden_states)  # (n*g, q, h*d)
         query = query.view(n, g * q, h, d).transpose(1, 2)  # (n, h, g*q, d): an input's rows together
         if attention_mask is not None:  # (n*g | n, 1, q|1, S), the same for every row of an input
@@ -56,22 +62,32 @@ class LSGBartCrossAttention(BartAttention):
             attention_mask = attention_mask[::rows, :, :1]  # (n, 1, 1, S)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if kwargs.get("output_attentions") or self.config._attn_implementation == "eager":
-            # Written out, as BART's eager attention does, so that the weights can be returned.
-            scores = query @ key.transpose(-1, -2) * self.scaling  # (n, h, g*q, S)
+        written_out = kwargs.get("output_attentions") or self.config._attn_implementation == "eager"
+        if written_out or self.encoder_keys_values is not None:
+            # Written out: as BART's eager attention does, so that the weights can be returned; and while decoding,
+            # where a few query rows meet all S keys, two products over keys stored transposed read them faster
+            # than the fused kernel does.
+            scores = (query * self.scaling) @ key_t  # (n, h, g*q, S)
             if attention_mask is not None and attention_mask.dtype == torch.bool:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             elif attention_mask is not None:
                 scores = scores + attention_mask  # additive
             probs = scores.softmax(dim=-1)
             out = F.dropout(probs, p=dropout_p, training=self.training) @ value  # (n, h, g*q, d)
-            weights = probs.view(n, h, g, q, S).transpose(1, 2).reshape(n_g, h, q, S)  # per decoder row
+            if written_out:
+                weights = probs.view(n, h, g, q, S).transpose(1, 2).reshape(n_g, h, q, S)  # per decoder row
         else:
             out = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=dropout_p, scale=self.scaling
             )  # (n, h, g*q, d)
         out = out.transpose(1, 2).reshape(n_g, q, h * d)
         return attention_result(project(self.out_proj, out), weights)
+
+    def keys_and_values_for_decoding(self, encoder_output):
+        """The keys, transposed (n, h, d, S), and the values (n, h, S, d) of `encoder_output`, each contiguous: what
+        every decoding step of one `generate` call reads (each head's keys and values in one stretch of memory)."""
+        key, value = self.keys_and_values(encoder_output)
+        return key.transpose(-1, -2).contiguous(), value.contiguous()
 
     def keys_and_values(self, encoder_output):
         """The keys and values of `encoder_output` (n, S, d_model), each (n, h, S, d)."""

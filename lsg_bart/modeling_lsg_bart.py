@@ -486,7 +486,9 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
         steps of one `generate` call, or, with None, drop them."""
         for layer in self.decoder.layers:
             attention = layer.encoder_attn
-            attention.encoder_keys_values = None if encoder_output is None else attention.keys_and_values(encoder_output)
+            attention.encoder_keys_values = (
+                None if encoder_output is None else attention.keys_and_values_for_decoding(encoder_output)
+            )
 
     def cross_attention_mask(self, attention_mask, encoder_output):
         """The encoder-output mask the decoder sees: one row per encoder output (`generate` repeats the mask per

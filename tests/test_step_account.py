@@ -29,6 +29,7 @@ def test_every_part_of_the_step_is_accounted_for(results):
         assert row["steps"] == data["meta"]["steps"] == row["generated"]
         # The parts split the step: their times add up to the whole step's.
         assert sum(part["seconds"] for part in row["parts"]) == pytest.approx(row["step_s"], rel=1e-6)
+        assert f"keys and values, {row['keys_and_values_s'] * 1e3:.0f} ms" in table  # once per input, apart
         for part in row["parts"]:
             assert part["floor_s"] == pytest.approx(part["bytes"] / (row["bandwidth_gb_s"] * 1e9))
             assert f"| {part['part']} | {part['seconds'] * 1e3:.2f} |" in table
