@@ -4,7 +4,8 @@ PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among th
 reaches a lower rate than oneDNN on the same cores (docs/benchmark.md). `linear` sends plain float32 tensors on
 CPU to oneDNN's linear kernel, forward and backward (same float32 arithmetic), after probing it once; anything it
 does not recognise (other dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to
-`F.linear`. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
+`F.linear`; a few rows through a very large weight (the LM head while decoding) are computed with the weight as the
+left operand. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
 an encoder layer's feed-forward block with these products, keeping less for the backward pass on CPU.
 """
 
@@ -19,6 +20,10 @@ from .compat import autocast_enabled, probe, tracing
 # this many rows, or for weights of this many elements (a language-modelling head).
 ONEDNN_MIN_ROWS = 32
 ONEDNN_MIN_WEIGHT = 2**24
+# Up to this many rows through a weight of at least this many elements (the LM head of a decoding step), the product
+# is computed with the weight as the left operand (`streams_weight`).
+STREAMED_MAX_ROWS = 16
+STREAMED_MIN_WEIGHT = 2**24
 
 
 def find_onednn_linear(dtype=torch.float32):
@@ -96,8 +101,32 @@ def weight_gradient(grad_rows, input_rows):
     return linear(grad_rows.t(), input_rows.t())
 
 
+def streams_weight(x, weight):
+    """Whether `linear` computes `x @ weight.T` as `weight @ x.T`: float32 inference on CPU (plain tensors, not
+    while tracing) of a few rows through a very large weight, such as the LM head in a decoding step. With the
+    weight as the product's left operand, MKL streams it through once, markedly faster than `F.linear` or oneDNN
+    take such a product (benchmarks/before_after.py measures it in a decoding step)."""
+    return (
+        not tracing()
+        and x.device.type == "cpu"
+        and x.numel() <= STREAMED_MAX_ROWS * x.shape[-1]
+        and weight.numel() >= STREAMED_MIN_WEIGHT
+        and x.dtype == weight.dtype == torch.float32
+        and type(x) is torch.Tensor
+        and type(weight) in (torch.Tensor, nn.Parameter)
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
 def linear(x, weight, bias=None):
-    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x, weight)`."""
+    """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x, weight)`, or with the weight as the left
+    operand where `streams_weight(x, weight)`."""
+    if streams_weight(x, weight):
+        rows = x.reshape(-1, x.shape[-1])  # (m, in)
+        out = torch.mm(weight, rows.t()).t()  # (m, out)
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*x.shape[:-1], weight.shape[0])
     if not uses_onednn(x, weight):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):

@@ -227,6 +227,22 @@ def test_few_rows_through_a_small_weight_go_through_f_linear():
     assert cpu_linear.uses_onednn(few, head)
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_few_rows_through_a_very_large_weight_stream_it_with_the_same_result(with_bias):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(cpu_linear.STREAMED_MIN_WEIGHT // 64, 64, generator=generator)  # an LM head's shape
+    bias = torch.randn(weight.shape[0], generator=generator) if with_bias else None
+    x = torch.randn(2, 3, 64, generator=generator)  # 6 rows: beams of a decoding step
+    assert cpu_linear.streams_weight(x, weight)
+    torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias))
+    assert linear(x, weight, bias).shape == (2, 3, weight.shape[0])
+    # Not for many rows, other dtypes, a smaller weight, or where autograd needs the product.
+    assert not cpu_linear.streams_weight(torch.randn(cpu_linear.STREAMED_MAX_ROWS + 1, 64), weight)
+    assert not cpu_linear.streams_weight(x.bfloat16(), weight.bfloat16())
+    assert not cpu_linear.streams_weight(x, weight[: weight.shape[0] // 2])
+    assert not cpu_linear.streams_weight(x, nn.Parameter(weight))
+
+
 class TaggedTensor(torch.Tensor):
     """A tensor subclass standing for quantised or distributed weights, which handle `F.linear` themselves."""
 
