@@ -40,6 +40,7 @@ from run_benchmark import cpu_description, run_in_subprocess  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "step_account"
 PRECISIONS = ("fp32", "int8", "bf16")
+MATMUL_SHAPES = [[4096, 768, 3072], [2048, 2048, 2048]]
 PARTS = ("self-attention", "cross-attention", "feed-forward", "rest of the decoder", "LM head", "generate")
 
 
@@ -176,7 +177,9 @@ def markdown(results: dict) -> str:
     lines = [
         f"# A decoding step's account ({meta['date']})",
         "",
-        f"`{meta['command']}` on {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}. Size "
+        f"`{meta['command']}` on {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}; best product "
+        f"rates measured in the same run: fp32 {meta['fp32_gflops']:.0f} GFLOP/s, bf16 {meta['bf16_gflops']:.0f} "
+        f"GFLOP/s (copy bandwidth: each table). Size "
         f"{meta['size']}, {meta['length']:,} input tokens, batch {meta['batch']}, {meta['beams']} beams, "
         f"{meta['steps']} forced steps.",
         "",
@@ -254,7 +257,11 @@ def main(argv=None) -> int:
             return 1
         rows.append(dict(precision=precision, **row))
         print(f"{precision}: {row['step_s'] * 1e3:.1f} ms a step", flush=True)
+    # The machine's product rates, measured in the same run (a fresh process), for the reader to place the figures.
+    shapes = [[256, 256, 256]] if args.quick else MATMUL_SHAPES
+    rates = run_in_subprocess(dict(kind="matmul", threads=args.threads, repeats=5, shapes=shapes), timeout=600)
     meta = dict(
+        fp32_gflops=rates.get("float32", {}).get("best"), bf16_gflops=rates.get("bfloat16", {}).get("best"),
         date=datetime.date.today().isoformat(), cpu=cpu_description(), platform=platform.platform(),
         torch=torch.__version__, threads=args.threads, size=args.size, length=args.length, batch=args.batch,
         beams=args.beams, steps=args.steps, command=" ".join(["python benchmarks/step_account.py", *argv]),

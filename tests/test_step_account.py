@@ -24,6 +24,7 @@ def results(tmp_path_factory):
 def test_every_part_of_the_step_is_accounted_for(results):
     data, table = results
     assert [row["precision"] for row in data["rows"]] == ["fp32", "int8"]
+    assert f"fp32 {data['meta']['fp32_gflops']:.0f} GFLOP/s, bf16 {data['meta']['bf16_gflops']:.0f} GFLOP/s" in table
     for row in data["rows"]:
         assert [part["part"] for part in row["parts"]] == list(step_account.PARTS)
         assert row["steps"] == data["meta"]["steps"] == row["generated"]
