@@ -22,6 +22,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from run_benchmark import write_results  # noqa: E402
+
 WORKING_TREE = "working-tree"
 
 
@@ -123,10 +126,7 @@ def main(argv=None) -> int:
                 settings=f"{args.size}, {args.length} tokens, {args.beams} beams, {args.steps} steps",
                 bandwidth=f"{min(bandwidths):.1f}-{max(bandwidths):.1f} GB/s")  # fmt: skip
     rows = summarize(runs)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows, runs=runs), indent=2))
-    (args.out_dir / "results.md").write_text(markdown(meta, rows))
-    print(markdown(meta, rows))
+    write_results(args.out_dir, "results", dict(meta=meta, rows=rows, runs=runs), markdown(meta, rows))
     return 0
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_benchmark import dynamic_int8  # noqa: E402
-from run_benchmark import cpu_description  # noqa: E402
+from run_benchmark import cpu_description, write_results  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "int8"
 LENGTH, BLOCK = 512, 32
@@ -177,10 +176,7 @@ def main(argv=None) -> int:
         beams=args.beams, fp32_exact_match=compare(fp32, fp32, references)["exact_match"], rows=rows,
         seconds=time.perf_counter() - start,
     )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (args.out_dir / "results.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.out_dir, "results", results, markdown(results))
     return 0
 
 

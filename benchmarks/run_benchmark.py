@@ -381,6 +381,15 @@ def worker_main(task_path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def write_results(out_dir: Path, name: str, results: dict, text: str) -> None:
+    """A benchmark's results as `name`.json and its markdown as `name`.md in `out_dir` (made if needed); the
+    markdown is printed too."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"{name}.md").write_text(text)
+    print(text)
+
+
 def run_in_subprocess(task: dict, timeout: float, python: str = sys.executable, script: str = __file__) -> dict:
     """Run `task` with `script --worker` (this script by default) in a fresh process of `python`; returns its
     result or a status with a note."""

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_benchmark import SIZES, build_model, copy_bandwidth_gb_s  # noqa: E402
-from run_benchmark import cpu_description, run_in_subprocess  # noqa: E402
+from run_benchmark import cpu_description, run_in_subprocess, write_results  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "step_account"
 PRECISIONS = ("fp32", "int8", "bf16")
@@ -267,10 +267,7 @@ def main(argv=None) -> int:
         beams=args.beams, steps=args.steps, command=" ".join(["python benchmarks/step_account.py", *argv]),
     )  # fmt: skip
     results = dict(meta=meta, rows=rows)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "step_account.json").write_text(json.dumps(results, indent=2))
-    (args.out_dir / "step_account.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.out_dir, "step_account", results, markdown(results))
     return 0
 
 

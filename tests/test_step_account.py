@@ -49,3 +49,21 @@ def test_bytes_follow_the_model_and_the_precision(results):
     assert int8["cross-attention"] == keys_and_values + layers * 2 * (d * d + 4 * d)  # int8 weights, float biases
     assert fp32["LM head"] == (size["vocab_size"] * d + size["vocab_size"]) * 4
     assert fp32["feed-forward"] == layers * (2 * d * size["ffn"] + size["ffn"] + d) * 4
+
+
+def test_before_after_times_two_versions_in_turn_and_reports_their_ratio(tmp_path):
+    out = tmp_path / "before-after"
+    command = [sys.executable, str(REPO / "benchmarks" / "before_after.py"), "--before", "HEAD", "--rounds", "2",
+               "--precisions", "fp32", "--size", "tiny", "--length", "256", "--steps", "3", "--out-dir", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert [len(results["runs"][side]) for side in ("before", "after")] == [2, 2]
+    assert [row["part"] for row in results["rows"]] == ["step", *step_account.PARTS]
+    for row in results["rows"]:
+        for side in ("before", "after"):
+            measured = [run["rows"][0]["step_s"] if row["part"] == "step" else
+                        next(p["seconds"] for p in run["rows"][0]["parts"] if p["part"] == row["part"])
+                        for run in results["runs"][side]]  # fmt: skip
+            assert row[f"{side}_ms"] == pytest.approx(sum(measured) / 2 * 1e3)  # the median of two
+        assert row["after_over_before"] == pytest.approx(row["after_ms"] / row["before_ms"])
+    assert "| fp32 | step |" in (out / "results.md").read_text()
