@@ -292,8 +292,11 @@ def test_the_docs_ray_recipe_on_a_local_ray_cluster(checkpoint, corpus, referenc
     ):
         assert recipe.count(written) == 1, written
         recipe = recipe.replace(written, replacement)
+    # Nothing leaves the loopback interface: no usage statistics, and the local cluster's processes talk over
+    # 127.0.0.1 (Ray's single-machine mode) rather than the machine's network address.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     result = subprocess.run([sys.executable, "-c", RAY_RECIPE.format(recipe=recipe), str(output)], capture_output=True,
-                            text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+                            text=True, cwd=tmp_path, timeout=300, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     rows = by_id(json.loads(result.stdout.strip().splitlines()[-1]))
     assert rows == {key: {"id": key, "summary": record["summary"], "error": None} for key, record in reference.items()}
