@@ -8,6 +8,9 @@ import tempfile
 # Remote code loaded from folders is copied into HF_MODULES_CACHE: keep it out of the user's home, and offline.
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="lsg-bart-tests-hf-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Processes that the tests start together (torchrun, accelerate: gloo) talk over the loopback interface, not over
+# the address the machine's host name resolves to.
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 from pathlib import Path  # noqa: E402
 
