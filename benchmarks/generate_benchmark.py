@@ -94,14 +94,13 @@ def build_model(impl: str, size: dict, length: int):
 
 # torch.ao.quantization is deprecated (torch 2.10 and later warn when it quantises, twice) but still ships, and its
 # dynamic int8 is the fastest int8 form measured on CPU (`int8_forms.py`, docs/performance.md): the form recommended,
-# with its warnings silenced.
+# with its warnings silenced. The same as `lsg_bart.summarize.dynamic_int8`, kept here because before_after.py runs
+# these scripts against older versions of the package, which lack it.
 TORCH_AO_DEPRECATIONS = r"torch\.(ao\.quantization is|quantize_per_tensor,.*are) deprecated"
 
 
 def dynamic_int8(model):
-    """`model` with every `nn.Linear` replaced by PyTorch's dynamic int8 form (`torch.ao.quantization.
-    quantize_dynamic`, weights in int8, activations quantised on the fly), without torch.ao's deprecation
-    warnings."""
+    """`model` with every `nn.Linear` in PyTorch's dynamic int8 form, without torch.ao's deprecation warnings."""
     import warnings
 
     import torch

@@ -35,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_benchmark import SIZES, build_model, copy_bandwidth_gb_s  # noqa: E402
+from generate_benchmark import SIZES, build_model, copy_bandwidth_gb_s, dynamic_int8  # noqa: E402
 from run_benchmark import cpu_description, run_in_subprocess, write_results  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "step_account"
@@ -108,7 +108,7 @@ def quantize(model, precision: str):
     if precision == "bf16":
         return model.to(torch.bfloat16)
     if precision == "int8":
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return dynamic_int8(model)
     return model
 
 

@@ -46,6 +46,8 @@ DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mlu|musa)(:\d+)?")
 GENERATION_FLAGS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty", "no_repeat_ngram_size",
                     "repetition_penalty")  # fmt: skip
 POSITIVE_FLAGS = ("batch_size", "num_beams", "max_new_tokens", "max_input_length", "sort_window", "threads")
+# torch.ao.quantization is deprecated (torch 2.10 and later warn when it quantises, twice) but still ships, and its
+# dynamic int8 is the fastest int8 form measured on CPU (benchmarks/int8_forms.py): its warnings are silenced.
 TORCH_AO_DEPRECATIONS = r"torch\.(ao\.quantization is|quantize_per_tensor,.*are) deprecated"
 # The last barrier waits for the slowest process, which may have hours of work left when the first one is done.
 BARRIER_TIMEOUT = timedelta(days=7)
@@ -188,12 +190,20 @@ def load_model(model_name_or_path, device=None, dtype="float32", int8=False, tru
         model_name_or_path, trust_remote_code=trust_remote_code, **{DTYPE_ARGUMENT: getattr(torch, dtype)}
     ).eval()
     if int8:
-        # The form docs/performance.md recommends by measurement (faster than torchao's here), with its recipe's
-        # filter: torch.ao's two deprecation warnings (since torch 2.10) are silenced, and nothing else.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=TORCH_AO_DEPRECATIONS)
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = dynamic_int8(model)
     return model.to(device), tokenizer
+
+
+def dynamic_int8(model):
+    """`model` with every `nn.Linear` in PyTorch's dynamic int8 form (`torch.ao.quantization.quantize_dynamic`:
+    weights in int8, activations quantised on the fly): the form docs/performance.md recommends on CPU by
+    measurement. With its recipe's filter: torch.ao's two deprecation warnings (since torch 2.10) are silenced, and
+    nothing else."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCH_AO_DEPRECATIONS)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def encode(tokenizer, texts, max_length):
