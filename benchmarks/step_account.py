@@ -7,7 +7,8 @@ timing hooks on the decoder's modules. Each step is split into:
 - self-attention: the decoder's self-attention layers (projections, the cache update, attention over the cache);
 - cross-attention: the query and output projections and the attention over the encoder's keys and values (those
   are projected once per input before decoding, so they are read, not computed, at each step);
-- feed-forward: the decoder's fc1 and fc2 products;
+- feed-forward: the decoder's fc1 and fc2 products, their activation and residual (what runs between the
+  cross-attention's layer norm and the final one);
 - rest of the decoder: embeddings, layer norms, residuals, masks;
 - LM head: the vocabulary projection and its bias (the model's forward pass outside the decoder);
 - generate: everything `generate` does per step outside the model's forward pass (beam search, logits processing,
@@ -91,15 +92,28 @@ class PartTimer:
         self.started = {}
 
     def watch(self, module, part):
+        """Time `module`'s forward pass as `part`."""
+        self.watch_between(module, module, part, from_start=True)
+
+    def watch_between(self, first, last, part, from_start=False):
+        """Time `part` from the end of `first`'s forward pass (its start, with `from_start`) to the start of `last`'s:
+        what runs between two modules, such as products computed from a layer's weights without calling it (a hook
+        on that layer would change how the model calls it)."""
+        key = (id(first), id(last))
+
         def start(*_):
-            self.started[id(module)] = time.perf_counter()
+            self.started[key] = time.perf_counter()
 
         def stop(*_):
-            self.seconds[part] += time.perf_counter() - self.started.pop(id(module))
+            self.seconds[part] += time.perf_counter() - self.started.pop(key)
             self.calls[part] += 1
 
-        module.register_forward_pre_hook(start)
-        module.register_forward_hook(stop)
+        if from_start:
+            first.register_forward_pre_hook(start)
+            last.register_forward_hook(stop)
+        else:
+            first.register_forward_hook(start)
+            last.register_forward_pre_hook(stop)
 
 
 def quantize(model, precision: str):
@@ -133,8 +147,7 @@ def measure(task: dict) -> dict:
     for layer in decoder.layers:
         timer.watch(layer.self_attn, "self-attention")
         timer.watch(layer.encoder_attn, "cross-attention")
-        timer.watch(layer.fc1, "feed-forward")
-        timer.watch(layer.fc2, "feed-forward")
+        timer.watch_between(layer.encoder_attn_layer_norm, layer.final_layer_norm, "feed-forward")
     timer.watch(decoder, "decoder")
     timer.watch(model, "model")
     # The cross-attention keys and values are projected once per input when `generate` starts: input work, kept

@@ -21,7 +21,7 @@ REMOTE_CODE_FILES = (
     "lsg_attention.py",
     "lsg_kernels.py",
     "cpu_linear.py",
-    "cross_attention.py",
+    "decoder.py",
     "pipeline_lsg_bart.py",
     "compat.py",
 )

@@ -246,6 +246,46 @@ def attention_result(output, weights):
     return (output, weights, ()) if ATTENTION_RETURNS_CACHE else (output, weights)
 
 
+DECODER_LAYER_SIGNATURE = inspect.signature(BartDecoderLayer.forward)
+# Up to 4.5x a decoder layer returns a tuple (hidden states, attention weights if asked, the cache if asked); from
+# 5.0 on, the hidden states alone (attention weights are recorded by hooks).
+DECODER_LAYER_RETURNS_TUPLE = "outputs = (hidden_states,)" in inspect.getsource(BartDecoderLayer.forward)
+# What BART's decoder layer passes on to its self-attention besides the hidden states and the mask: the cache (its
+# argument is named after the version), head mask, `output_attentions`, `cache_position`, attention kwargs.
+NOT_FOR_SELF_ATTENTION = ("encoder_hidden_states", "encoder_attention_mask", "cross_attn_layer_head_mask", "use_cache")
+
+
+def decoder_layer_arguments(layer, args, kwargs):
+    """A BART decoder layer's arguments after the hidden states, by name: transformers before 4.5x passes them by
+    position under gradient checkpointing."""
+    if not args:
+        return kwargs
+    bound = DECODER_LAYER_SIGNATURE.bind_partial(layer, None, *args, **kwargs).arguments
+    named = {name: value for name, value in bound.items() if name not in ("self", "hidden_states", "kwargs")}
+    return {**named, **bound.get("kwargs", {})}
+
+
+def self_attention_arguments(arguments):
+    """What BART's decoder layer of this transformers passes its self-attention, from the layer's `arguments`."""
+    passed = {name: value for name, value in arguments.items() if name not in NOT_FOR_SELF_ATTENTION}
+    if ATTENTION_RETURNS_CACHE and passed.get("past_key_value") is not None:  # legacy tuples, self-attention first
+        passed["past_key_value"] = passed["past_key_value"][:2]
+    return passed
+
+
+def decoder_layer_result(hidden_states, self_attention_output, cross_attention_weights, arguments):
+    """What BART's decoder layer of this transformers returns: the hidden states alone (5.x), or a tuple with the
+    attention weights where asked and, up to 4.5x, the self-attention's cache where asked."""
+    if not DECODER_LAYER_RETURNS_TUPLE:
+        return hidden_states
+    outputs = (hidden_states,)
+    if arguments.get("output_attentions"):
+        outputs += (self_attention_output[1], cross_attention_weights)
+    if ATTENTION_RETURNS_CACHE and arguments.get("use_cache", True):
+        outputs += (self_attention_output[2],)
+    return outputs
+
+
 # Encoder-decoder checkpoints keep the decoder's token embeddings (tied) only under the shared embeddings' name.
 SHARED_EMBEDDINGS = "model.shared.weight"
 DECODER_EMBEDDINGS = "model.decoder.embed_tokens.weight"
@@ -332,12 +372,15 @@ __all__ = [
     "can_return_tuple",
     "config_class",
     "create_block_mask",
+    "decoder_layer_arguments",
+    "decoder_layer_result",
     "flex_attention",
     "output_requested",
     "pipeline_generate_kwargs",
     "pipeline_tokenizer",
     "read_shared_embeddings_as_decoder_embeddings",
     "return_dict_requested",
+    "self_attention_arguments",
     "tracing",
     "triton_available",
 ]

@@ -4,7 +4,7 @@ PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among th
 reaches a lower rate than oneDNN on the same cores (docs/benchmark.md). `linear` sends plain float32 tensors on
 CPU to oneDNN's linear kernel, forward and backward (same float32 arithmetic), after probing it once; anything it
 does not recognise (other dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to
-`F.linear`; a few rows through a very large weight (the LM head while decoding) are computed with the weight as the
+`F.linear`; a few rows through a large weight (a decoding step's products) are computed with the weight as the
 left operand. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
 an encoder layer's feed-forward block with these products, keeping less for the backward pass on CPU.
 """
@@ -20,10 +20,11 @@ from .compat import autocast_enabled, probe, tracing
 # this many rows, or for weights of this many elements (a language-modelling head).
 ONEDNN_MIN_ROWS = 32
 ONEDNN_MIN_WEIGHT = 2**24
-# Up to this many rows through a weight of at least this many elements (the LM head of a decoding step), the product
-# is computed with the weight as the left operand (`streams_weight`).
+# Up to this many rows through a weight of at least this many elements (a decoding step's products, from bart-base's
+# 768 x 768 projections to the LM head), the product is computed with the weight as the left operand
+# (`streams_weight`); smaller weights stay in cache, where the form makes no difference.
 STREAMED_MAX_ROWS = 16
-STREAMED_MIN_WEIGHT = 2**24
+STREAMED_MIN_WEIGHT = 2**18
 
 
 def find_onednn_linear(dtype=torch.float32):
@@ -103,9 +104,9 @@ def weight_gradient(grad_rows, input_rows):
 
 def streams_weight(x, weight):
     """Whether `linear` computes `x @ weight.T` as `weight @ x.T`: float32 inference on CPU (plain tensors, not
-    while tracing) of a few rows through a very large weight, such as the LM head in a decoding step. With the
-    weight as the product's left operand, MKL streams it through once, markedly faster than `F.linear` or oneDNN
-    take such a product (benchmarks/before_after.py measures it in a decoding step)."""
+    while tracing) of a few rows through a large weight, as in a decoding step. With the weight as the product's
+    left operand, MKL streams it through once, about twice as fast as `F.linear` or oneDNN take such a product
+    (benchmarks/before_after.py measures it in a decoding step)."""
     return (
         not tracing()
         and x.device.type == "cpu"
@@ -122,11 +123,12 @@ def linear(x, weight, bias=None):
     """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn(x, weight)`, or with the weight as the left
     operand where `streams_weight(x, weight)`."""
     if streams_weight(x, weight):
-        rows = x.reshape(-1, x.shape[-1])  # (m, in)
-        out = torch.mm(weight, rows.t()).t()  # (m, out)
-        if bias is not None:
-            out = out + bias
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        # MKL streams the weight only with the rows contiguous, their transpose being the right operand; with other
+        # strides (such as a transposed product's output) it is slower than `F.linear`. The output is made
+        # contiguous again, for the next product.
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # (m, in)
+        out = torch.mm(weight, rows.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, rows.t())
+        return out.t().contiguous().reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
     if not uses_onednn(x, weight):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):

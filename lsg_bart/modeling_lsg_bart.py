@@ -4,7 +4,7 @@ This file holds the BART-shaped layers, the encoder, the models with their heads
 An encoder layer's forward pass reads: `LSGSelfAttention` projects the queries, keys and values (`cpu_linear.py`)
 and calls `lsg_attention` (`lsg_attention.py`: build blocks, pick sparse tokens), which calls the `Kernel` that the
 encoder chose once for the forward pass (`lsg_kernels.py`); the feed-forward block follows here. The decoder's
-cross-attention is in `cross_attention.py`, the summarization pipeline in `pipeline_lsg_bart.py`, and what differs
+layer and cross-attention are in `decoder.py`, the summarization pipeline in `pipeline_lsg_bart.py`, and what differs
 between Python, torch and transformers versions in `compat.py`.
 
 Shapes: n batch, h heads, T tokens with the global ones, t tokens without them, d head dim, G global tokens.
@@ -39,7 +39,7 @@ from transformers.models.bart.modeling_bart import (
 
 from .configuration_lsg_bart import LSGBartConfig
 from .cpu_linear import dropout, feed_forward, is_plain_linear, linear, project
-from .cross_attention import LSGBartCrossAttention
+from .decoder import LSGBartDecoderLayer
 from .lsg_attention import AttentionInputs, AttentionSettings, chunk_starts, lsg_attention
 from .lsg_kernels import choose_kernel
 from .lsg_settings import MAX_GLOBAL_TOKENS
@@ -188,7 +188,7 @@ class LSGBartPreTrainedModel(BartPreTrainedModel):
 
     config_class = LSGBartConfig
     base_model_prefix = "model"
-    _no_split_modules = [r"LSGBartEncoderLayer", r"BartDecoderLayer"]
+    _no_split_modules = [r"LSGBartEncoderLayer", r"LSGBartDecoderLayer"]
     _supports_flash_attn = False
     _supports_flash_attn_2 = False  # the name before transformers 4.52
     _supports_flex_attn = False
@@ -477,8 +477,7 @@ class LSGBartModel(LSGBartPreTrainedModel, BartModel):
         self.shared = BartScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
         self.encoder = LSGBartEncoder(config)
         self.decoder = BartDecoder(config)
-        for index, layer in enumerate(self.decoder.layers):
-            layer.encoder_attn = LSGBartCrossAttention(config, index)
+        self.decoder.layers = nn.ModuleList([LSGBartDecoderLayer(config, i) for i in range(config.decoder_layers)])
         self.post_init()
 
     def set_encoder_output_for_decoding(self, encoder_output):

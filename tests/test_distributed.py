@@ -254,3 +254,18 @@ def test_fsdp2_fully_shard_trains_on_two_processes_and_the_saved_model_reloads(t
         assert report["final_loss"] < 0.8 * report["losses"][0]
     assert ranks[0]["reloaded_loss"] == pytest.approx(ranks[0]["final_loss"], rel=1e-4)
     assert (output_dir / "model.safetensors").is_file()
+
+
+def test_the_fsdp_layer_classes_in_the_docs_are_the_models_layers(tiny_checkpoint):
+    """docs/fine-tuning.md's `transformer_layer_cls_to_wrap` names the model's own layer classes (FSDP looks them up
+    by name in the model, and stops where one is missing)."""
+    import re
+
+    from lsg_bart import LSGBartForConditionalGeneration
+
+    documented = re.search(r'"transformer_layer_cls_to_wrap": (\[[^\]]*\])', (REPO / "docs" / "fine-tuning.md").read_text())
+    model = LSGBartForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    layers = (*model.model.encoder.layers, *model.model.decoder.layers)
+    layer_classes = {type(layer).__name__ for layer in layers}
+    assert set(json.loads(documented.group(1))) == layer_classes
+    assert layer_classes <= set(model._no_split_modules)  # also what `device_map="auto"` keeps on one device

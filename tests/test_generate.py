@@ -8,29 +8,23 @@ import pytest
 import torch
 from conftest import padded_batch, tiny_config
 from transformers import GenerationMixin
-from transformers.models.bart.modeling_bart import BartAttention
+from transformers.models.bart.modeling_bart import BartDecoderLayer
 
 from lsg_bart import LSGBartForConditionalGeneration
 from lsg_bart import modeling_lsg_bart as modeling
 from lsg_bart.compat import accepted_kwargs
 
 
-def with_bart_cross_attention(model):
-    """A copy of `model` that decodes as BART does: encoder outputs repeated per beam, BART's cross-attention."""
+def with_bart_decoder_layers(model):
+    """A copy of `model` that decodes as BART does: encoder outputs repeated per beam, BART's decoder layers."""
     reference = copy.deepcopy(model)
     config = reference.config
-    for index, layer in enumerate(reference.model.decoder.layers):
-        plain = BartAttention(
-            embed_dim=config.d_model,
-            num_heads=config.decoder_attention_heads,
-            dropout=config.attention_dropout,
-            is_decoder=True,
-            config=config,
-            **accepted_kwargs(BartAttention.__init__, layer_idx=index),
-        )
-        plain.load_state_dict(layer.encoder_attn.state_dict())
-        plain.train(layer.encoder_attn.training)
-        layer.encoder_attn = plain
+    layers = reference.model.decoder.layers
+    for index, layer in enumerate(layers):
+        plain = BartDecoderLayer(config, **accepted_kwargs(BartDecoderLayer.__init__, layer_idx=index))
+        plain.load_state_dict(layer.state_dict())
+        plain.train(layer.training)
+        layers[index] = plain
     reference._expand_inputs_for_generation = functools.partial(GenerationMixin._expand_inputs_for_generation, reference)
     return reference
 
@@ -52,12 +46,12 @@ SETTINGS = {
 
 @pytest.mark.parametrize("lengths", [[300, 251], [40, 26, 33], [180]], ids=["lsg", "short", "one"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_same_tokens_and_scores_as_bart_cross_attention(model, setting, lengths):
+def test_same_tokens_and_scores_as_bart_decoder_layers(model, setting, lengths):
     input_ids, attention_mask = padded_batch(lengths)
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=7, min_new_tokens=7,
                   **SETTINGS[setting])
     results = []
-    for candidate in (model, with_bart_cross_attention(model)):
+    for candidate in (model, with_bart_decoder_layers(model)):
         torch.manual_seed(1)  # the same draws when sampling
         with torch.no_grad():
             results.append(candidate.generate(**kwargs))
@@ -98,12 +92,18 @@ def test_a_plain_forward_pass_keeps_nothing(model):
     assert all(layer.encoder_attn.encoder_keys_values is None for layer in model.model.decoder.layers)
 
 
-def test_training_forward_with_labels_matches_bart_cross_attention(model):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_training_forward_with_labels_matches_bart_decoder_layers(dropout):
+    """Same loss and gradients as BART's decoder layers, dropout included (the same random draws in the same
+    order; the attention's own dropout aside, which BART's fused kernel draws differently)."""
+    torch.manual_seed(0)
+    model = LSGBartForConditionalGeneration(tiny_config(dropout=dropout, activation_dropout=dropout, attention_dropout=0.0))
     input_ids, attention_mask = padded_batch([300, 251])
     labels = input_ids[:, :9].contiguous()
     losses = []
-    for candidate in (copy.deepcopy(model), with_bart_cross_attention(model)):
+    for candidate in (copy.deepcopy(model), with_bart_decoder_layers(model)):
         candidate.train()
+        torch.manual_seed(1)
         loss = candidate(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         losses.append((loss, candidate.model.decoder.layers[0].encoder_attn.k_proj.weight.grad))
@@ -129,7 +129,7 @@ def test_output_attentions_gives_bart_cross_attention_weights_and_no_encoder_att
     config = tiny_config(dropout=0.0, attention_dropout=0.0)
     config._attn_implementation = attn_implementation
     model = LSGBartForConditionalGeneration(config).eval()
-    bart = with_bart_cross_attention(model)
+    bart = with_bart_decoder_layers(model)
     bart.config._attn_implementation = "eager"  # BART returns weights only when it writes them out
     input_ids, attention_mask = padded_batch([300, 251])
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5],

@@ -228,7 +228,7 @@ def test_few_rows_through_a_small_weight_go_through_f_linear():
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_few_rows_through_a_very_large_weight_stream_it_with_the_same_result(with_bias):
+def test_few_rows_through_a_large_weight_stream_it_with_the_same_result(with_bias):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(cpu_linear.STREAMED_MIN_WEIGHT // 64, 64, generator=generator)  # an LM head's shape
     bias = torch.randn(weight.shape[0], generator=generator) if with_bias else None
@@ -236,6 +236,12 @@ def test_few_rows_through_a_very_large_weight_stream_it_with_the_same_result(wit
     assert cpu_linear.streams_weight(x, weight)
     torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias))
     assert linear(x, weight, bias).shape == (2, 3, weight.shape[0])
+    assert linear(x, weight, bias).is_contiguous()
+    # Rows with other strides (a transposed product's output) give the same result, contiguous.
+    strided = torch.randn(64, 6, generator=generator).t().reshape(2, 3, 64)
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(linear(strided, weight, bias), F.linear(strided, weight, bias))
+    assert linear(strided, weight, bias).is_contiguous()
     # Not for many rows, other dtypes, a smaller weight, or where autograd needs the product.
     assert not cpu_linear.streams_weight(torch.randn(cpu_linear.STREAMED_MAX_ROWS + 1, 64), weight)
     assert not cpu_linear.streams_weight(x.bfloat16(), weight.bfloat16())

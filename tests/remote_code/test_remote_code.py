@@ -307,34 +307,36 @@ def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(save
         ).train()
         if checkpointing:  # `activation_checkpointing_enable` from 5.24 on; the old name still works
             getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-        calls = []
-        model.model.encoder.layers[0].self_attn.register_forward_hook(lambda *args: calls.append(1))
+        calls = {"encoder": [], "decoder": []}
+        model.model.encoder.layers[0].self_attn.register_forward_hook(lambda *args: calls["encoder"].append(1))
+        model.model.decoder.layers[0].self_attn.register_forward_hook(lambda *args: calls["decoder"].append(1))
         model(**inputs, labels=inputs["decoder_input_ids"]).loss.backward()
-        grads.append(model.model.encoder.layers[0].self_attn.q_proj.weight.grad)
-        attention_calls.append(len(calls))
-    assert attention_calls == [1, 2], "checkpointing runs the layer again in the backward pass"
+        grads.append([model.model.encoder.layers[0].self_attn.q_proj.weight.grad,
+                      model.model.decoder.layers[0].fc1.weight.grad])  # fmt: skip
+        attention_calls.append({side: len(side_calls) for side, side_calls in calls.items()})
+    assert attention_calls == [{"encoder": 1, "decoder": 1}, {"encoder": 2, "decoder": 2}], (
+        "checkpointing runs the layers again in the backward pass"
+    )
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
-def with_bart_cross_attention(model):
-    """A copy of `model` that decodes as BART does: encoder outputs repeated per beam, BART's cross-attention."""
+def with_bart_decoder_layers(model):
+    """A copy of `model` that decodes as BART does: encoder outputs repeated per beam, BART's decoder layers."""
     import copy
     import functools
     import inspect
 
     from transformers import GenerationMixin
-    from transformers.models.bart.modeling_bart import BartAttention
+    from transformers.models.bart.modeling_bart import BartDecoderLayer
 
     reference = copy.deepcopy(model)
-    config = reference.config
-    accepted = inspect.signature(BartAttention.__init__).parameters
-    for index, layer in enumerate(reference.model.decoder.layers):
-        settings = dict(embed_dim=config.d_model, num_heads=config.decoder_attention_heads,
-                        dropout=config.attention_dropout, is_decoder=True, config=config, layer_idx=index)
-        plain = BartAttention(**{key: value for key, value in settings.items() if key in accepted})
-        plain.load_state_dict(layer.encoder_attn.state_dict())
-        plain.train(layer.encoder_attn.training)
-        layer.encoder_attn = plain
+    accepted = inspect.signature(BartDecoderLayer.__init__).parameters
+    layers = reference.model.decoder.layers
+    for index, layer in enumerate(layers):
+        plain = BartDecoderLayer(reference.config, **({"layer_idx": index} if "layer_idx" in accepted else {}))
+        plain.load_state_dict(layer.state_dict())
+        plain.train(layer.training)
+        layers[index] = plain
     expand = inspect.getattr_static(GenerationMixin, "_expand_inputs_for_generation")
     if isinstance(expand, staticmethod):  # before transformers 5
         reference._expand_inputs_for_generation = expand.__func__
@@ -352,7 +354,7 @@ def test_generate_matches_bart_cross_attention_over_repeated_encoder_outputs(sav
     with torch.no_grad():
         ours, bart = (
             candidate.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **settings)
-            for candidate in (model, with_bart_cross_attention(model))
+            for candidate in (model, with_bart_decoder_layers(model))
         )
     assert torch.equal(ours.sequences, bart.sequences)
     if num_beams > 1:

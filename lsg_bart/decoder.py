@@ -1,4 +1,5 @@
-"""The decoder's cross-attention of LSG-BART: one set of keys and values per input, shared by its beams.
+"""The decoder layer of LSG-BART and its cross-attention, which keeps one set of keys and values per input, shared
+by its beams.
 
 Shapes: n inputs, g decoder rows per input (beams, returned sequences), q decoder positions, S encoder positions,
 h heads, d head dim.
@@ -8,11 +9,55 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers.models.bart.modeling_bart import BartAttention
+from transformers.models.bart.modeling_bart import BartAttention, BartDecoderLayer
 
-from .compat import accepted_kwargs, attention_result
+from .compat import (
+    accepted_kwargs,
+    attention_result,
+    decoder_layer_arguments,
+    decoder_layer_result,
+    self_attention_arguments,
+)
 from .configuration_lsg_bart import LSGBartConfig
 from .cpu_linear import project
+
+
+class LSGBartDecoderLayer(BartDecoderLayer):
+    """BART's decoder layer, with the same weights, arguments and outputs, whose cross-attention is
+    [`LSGBartCrossAttention`] and whose feed-forward products go through `cpu_linear.project`: on CPU a decoding
+    step's few rows then stream each weight once, where `nn.Linear` reads it about half as fast. The self-attention
+    and its cache are BART's own.
+    """
+
+    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
+        super().__init__(config, **accepted_kwargs(BartDecoderLayer.__init__, layer_idx=layer_idx))
+        self.encoder_attn = LSGBartCrossAttention(config, layer_idx)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        """hidden_states (n*g, q, d_model), then BART's decoder-layer arguments of this transformers version."""
+        arguments = decoder_layer_arguments(self, args, kwargs)
+        self_attention_output = self.self_attn(hidden_states=hidden_states, **self_attention_arguments(arguments))
+        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropped_out(self_attention_output[0]))
+
+        cross_attention_weights = None
+        if arguments.get("encoder_hidden_states") is not None:
+            attended, cross_attention_weights, *_ = self.encoder_attn(
+                hidden_states,
+                key_value_states=arguments["encoder_hidden_states"],
+                attention_mask=arguments.get("encoder_attention_mask"),
+                layer_head_mask=arguments.get("cross_attn_layer_head_mask"),
+                output_attentions=arguments.get("output_attentions"),
+            )
+            hidden_states = self.encoder_attn_layer_norm(hidden_states + self.dropped_out(attended))
+
+        activated = self.activation_fn(project(self.fc1, hidden_states))  # (n*g, q, ffn)
+        activated = F.dropout(activated, p=self.activation_dropout, training=self.training)
+        fed_forward = project(self.fc2, activated)  # (n*g, q, d_model)
+        hidden_states = self.final_layer_norm(hidden_states + self.dropped_out(fed_forward))
+        return decoder_layer_result(hidden_states, self_attention_output, cross_attention_weights, arguments)
+
+    def dropped_out(self, x):
+        return F.dropout(x, p=self.dropout, training=self.training)
 
 
 class LSGBartCrossAttention(BartAttention):

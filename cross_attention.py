@@ -1,1 +1,0 @@
-lsg_bart/cross_attention.py
