@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from run_benchmark import write_results  # noqa: E402
+from core import limits_sentence, write_results  # noqa: E402
 
 WORKING_TREE = "working-tree"
 
@@ -79,7 +79,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"# Before/after: {meta['before']} -> {meta['after']}",
         "",
         f"`{meta['command']}`: {meta['rounds']} rounds, alternating; step_account settings {meta['settings']}; "
-        f"{meta['cpu']}; copy bandwidth {meta['bandwidth']}.",
+        f"{limits_sentence(meta['limits'])} (once, in the first run); copy bandwidth beside each run "
+        f"{meta['bandwidth']}.",
         "",
         "| precision | part | before ms | after ms | after / before |",
         "|---|---|---|---|---|",
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
                     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
     first = runs["before"][0]
     bandwidths = [row["bandwidth_gb_s"] for side in runs.values() for result in side for row in result["rows"]]
-    meta = dict(before=args.before, after=args.after, rounds=args.rounds, cpu=first["meta"]["cpu"],
+    meta = dict(before=args.before, after=args.after, rounds=args.rounds, limits=first["meta"]["limits"],
                 command=" ".join(["python benchmarks/before_after.py", *(argv if argv is not None else sys.argv[1:])]),
                 settings=f"{args.size}, {args.length} tokens, {args.beams} beams, {args.steps} steps",
                 bandwidth=f"{min(bandwidths):.1f}-{max(bandwidths):.1f} GB/s")  # fmt: skip

@@ -35,14 +35,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import (  # noqa: E402
-    check_original_python,
-    cpu_description,
+from core import (  # noqa: E402
+    copy_bandwidth_gb_s,
+    limits_sentence,
+    machine_limits,
     read_memory_mb,
     reset_peak_memory,
     round_up,
     run_in_subprocess,
+    worker_main,
 )
+from run_benchmark import check_original_python  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "generate"
 IMPLS = ("lsg", "lsg_bf16", "lsg_int8", "lsg_compiled", "original", "led", "bart")
@@ -108,20 +111,6 @@ def dynamic_int8(model):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TORCH_AO_DEPRECATIONS)
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def copy_bandwidth_gb_s() -> float:
-    """Bytes read and written per second by a 256 MB tensor copy (best of 5)."""
-    import torch
-
-    source = torch.ones(64 * 2**20)  # 256 MB
-    target = torch.empty_like(source)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        target.copy_(source)
-        best = min(best, time.perf_counter() - start)
-    return 2 * source.numel() * 4 / best / 1e9
 
 
 def step_bytes(model, length: int, batch: int, beams: int, new_tokens: int) -> int:
@@ -250,8 +239,8 @@ def fmt(value, pattern="{:.2f}"):
 
 def markdown(results) -> str:
     """The results as markdown tables: every setting, then lsg against the others, then bf16 agreement."""
-    lines = [f"# Encoder + generate, {results['machine']['cpu']}, {results['threads']} threads, {results['date']}",
-             "", f"Command: `{results['command']}`", "",
+    lines = [f"# Encoder + generate, {results['date']}", "", f"Command: `{results['command']}`", "",
+             f"{limits_sentence(results['machine'])}.", "",
              "| impl | length | batch | beams | new tokens | total s | encoder s | s/step | floor s/step | "
              "tokens/s | extra MB | status |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -367,12 +356,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        task = json.loads(Path(args.worker).read_text())
-        Path(task["result_path"]).write_text(json.dumps(measure(task)))
+        worker_main(args.worker, measure)
         return 0
     from tqdm import tqdm
 
     original = check_original_python(args.original_python) if args.original_python else None
+    limits = machine_limits(args.threads, quick=args.size == "tiny", timeout=args.timeout)
     tasks = plan(args)
     rows = []
     for task in tqdm(tasks, desc="settings", unit="run"):
@@ -380,7 +369,7 @@ def main(argv=None) -> int:
         rows.append({**task, **run_in_subprocess(task, args.timeout, python, script=__file__)})
     results = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), command="python " + " ".join(sys.argv),
-        machine={"cpu": cpu_description(), "python": platform.python_version()}, threads=args.threads, original=original,
+        machine={"python": platform.python_version(), **limits}, threads=args.threads, original=original,
         rows=rows, comparisons=comparisons(rows), agreement=agreement(rows),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_benchmark import dynamic_int8  # noqa: E402
-from run_benchmark import cpu_description, write_results  # noqa: E402
+from core import cpu_description, write_results  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "int8"
 LENGTH, BLOCK = 512, 32

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_benchmark import SIZES, build_model, copy_bandwidth_gb_s, dynamic_int8  # noqa: E402
-from run_benchmark import cpu_description, measure_matmul  # noqa: E402
+from core import copy_bandwidth_gb_s, cpu_description, measure_matmul  # noqa: E402
+from generate_benchmark import SIZES, build_model, dynamic_int8  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "int8_forms"
 

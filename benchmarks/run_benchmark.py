@@ -29,10 +29,21 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core import (  # noqa: E402
+    cpu_description,
+    limits_sentence,
+    machine_limits,
+    read_memory_mb,
+    reset_peak_memory,
+    round_up,
+    run_in_subprocess,
+    worker_main,
+)
 
 LENGTHS = (1024, 4096, 8192, 16384)
 MODES = ("infer", "train")
@@ -47,8 +58,6 @@ MODEL_SIZES = {
 DROPOUT = {"dropout": 0.1, "attention_dropout": 0.0, "activation_dropout": 0.0}
 # The main LSG setting, whose FLOPs define the "LSG floor".
 MAIN_LSG = {"block_size": 128, "sparse_block_size": 128, "sparsity_factor": 2, "num_global_tokens": 1}
-MATMUL_SHAPES = ((4096, 768, 768), (4096, 768, 3072), (2048, 2048, 2048))
-QUICK_MATMUL_SHAPES = ((512, 256, 256), (256, 256, 256))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,11 +151,6 @@ def estimate_extra_mb(impl: Impl, mode: str, length: int, size: dict) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def round_up(length: int, multiple: int) -> int:
-    """The smallest multiple of `multiple` that is >= `length`."""
-    return -(-length // multiple) * multiple
-
-
 def build_encoder(impl: Impl, size: dict, length: int):
     """The encoder of `impl` with random weights, at `size`, able to read `length` tokens.
 
@@ -216,27 +220,6 @@ def make_inputs(impl: Impl, size: dict, length: int, seed: int) -> dict:
     if impl.family == "original":
         inputs["return_dict"] = True
     return inputs
-
-
-def read_memory_mb() -> dict:
-    """Current (VmRSS) and peak (VmHWM) resident memory of this process in MB, from /proc."""
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, amount = line.split(":")
-                values[name] = int(amount.split()[0]) / 1024
-    return {"rss": values["VmRSS"], "peak": values["VmHWM"]}
-
-
-def reset_peak_memory() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM, also ru_maxrss) to the current RSS; False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def encoder_output(encoder, inputs):
@@ -333,84 +316,9 @@ def measure_setting(task: dict) -> dict:
     return result
 
 
-def matmul_kernels(torch, dtype) -> dict:
-    """The ways to multiply two `dtype` matrices that PyTorch offers: `a @ b` (MKL for float32 on CPU, oneDNN for
-    bfloat16) and oneDNN's linear kernel, which lsg-bart uses for float32, where the model's probe finds it works
-    in that dtype (oneDNN refuses bfloat16 on CPUs without AVX-512, for one)."""
-    from lsg_bart.cpu_linear import find_onednn_linear
-
-    kernels = {"matmul": lambda a, b_t: a @ b_t.t()}
-    onednn = find_onednn_linear(dtype)
-    if onednn is not None:
-        kernels["onednn"] = lambda a, b_t: onednn(a, b_t, None, "none", [], "")
-    return kernels
-
-
-def measure_matmul(task: dict) -> dict:
-    """GFLOP/s of a few matmul shapes with each kernel of `matmul_kernels`, in float32 and bfloat16, and the best."""
-    import torch
-
-    torch.set_num_threads(task["threads"])
-    rates = {}
-    for dtype_name in ("float32", "bfloat16"):
-        dtype = getattr(torch, dtype_name)
-        per_shape = {}
-        for m, k, n in task["shapes"]:
-            a, b_t = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)  # a @ b_t.T: (m, n)
-            for kernel_name, kernel in matmul_kernels(torch, dtype).items():
-                kernel(a, b_t)  # warm-up
-                best = float("inf")
-                for _ in range(task["repeats"]):
-                    start = time.perf_counter()
-                    kernel(a, b_t)
-                    best = min(best, time.perf_counter() - start)
-                per_shape[f"{kernel_name} {m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
-        rates[dtype_name] = {"shapes": per_shape, "best": max(per_shape.values())}
-    return rates
-
-
-def worker_main(task_path: str) -> None:
-    """Entry point of a subprocess: read the task file, write the result next to it."""
-    task = json.loads(Path(task_path).read_text())
-    result = measure_matmul(task) if task["kind"] == "matmul" else measure_setting(task)
-    Path(task["result_path"]).write_text(json.dumps(result))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Parent side: plan the grid, run the subprocesses
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def write_results(out_dir: Path, name: str, results: dict, text: str) -> None:
-    """A benchmark's results as `name`.json and its markdown as `name`.md in `out_dir` (made if needed); the
-    markdown is printed too."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
-    (out_dir / f"{name}.md").write_text(text)
-    print(text)
-
-
-def run_in_subprocess(task: dict, timeout: float, python: str = sys.executable, script: str = __file__) -> dict:
-    """Run `task` with `script --worker` (this script by default) in a fresh process of `python`; returns its
-    result or a status with a note."""
-    with tempfile.TemporaryDirectory(prefix="lsg-bench-") as tmp:
-        task_path, result_path = Path(tmp) / "task.json", Path(tmp) / "result.json"
-        task_path.write_text(json.dumps({**task, "result_path": str(result_path)}))
-        threads = str(task["threads"])
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        command = [python, str(Path(script).resolve()), "--worker", str(task_path)]
-        try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"status": "timeout", "note": f"timed out after {timeout:.0f} s"}
-        if proc.returncode == 0 and result_path.exists():
-            return {"status": "ok", **json.loads(result_path.read_text())}
-        if proc.returncode < 0:
-            note = f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
-        else:
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            note = f"error: {lines[-1] if lines else f'exit code {proc.returncode}'}"
-        return {"status": "error", "note": note[:300]}
 
 
 def select_impls(names: str | None, quick: bool, original_python: str | None) -> list[Impl]:
@@ -558,7 +466,7 @@ def run_grid(plan, args, size, results, save) -> list[dict]:
                 "seed": args.seed,
             }
             python = args.original_python if impl.family == "original" else sys.executable
-            row.update(run_in_subprocess(task, args.timeout, python))
+            row.update(run_in_subprocess(task, args.timeout, python, script=__file__))
             if row["status"] == "ok":
                 row["tokens_per_s"] = length / row["median_s"]
                 row.setdefault("note", "")
@@ -732,8 +640,10 @@ def fmt(value, pattern="{:.2f}", empty=""):
 
 
 def markdown_header(results: dict) -> list[str]:
-    """Machine, versions, model size and matmul rates."""
+    """Machine, versions, model size, matmul rates and copy bandwidth."""
     meta, matmul = results["meta"], results["matmul"]
+    limits = results.get("limits")  # not in results from before the copy bandwidth was measured here
+    copy_bandwidth = f" Copy bandwidth: {limits['copy_gb_s']:.1f} GB/s." if limits else ""
     size = meta["size"]
     fp32, bf16 = matmul["float32"], matmul["bfloat16"]
     shapes = ", ".join(f"{shape} {rate:.1f}" for shape, rate in fp32["shapes"].items())
@@ -757,7 +667,7 @@ def markdown_header(results: dict) -> list[str]:
         "(attention and activation dropout 0).",
         "",
         f"Matmul rate fp32: {fp32['best']:.1f} GFLOP/s (best of {shapes}). "
-        f"bf16: {bf16['best']:.1f} GFLOP/s (best of {bf16_shapes}).",
+        f"bf16: {bf16['best']:.1f} GFLOP/s (best of {bf16_shapes}).{copy_bandwidth}",
         "",
         f"LSG floor (FLOPs of the LSG encoder, norm {MAIN_LSG['block_size']}/{MAIN_LSG['sparse_block_size']}/"
         f"{MAIN_LSG['sparsity_factor']}, {MAIN_LSG['num_global_tokens']} global: "
@@ -1057,27 +967,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# Environment variables that make PyTorch, oneDNN and MKL use fewer instructions than the CPU has: set together,
-# they run the benchmark as on an older CPU of the same make (e.g. AVX2 only on an AVX-512 machine).
-ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-
-
-def cpu_description() -> str:
-    """The CPU's model name, its vector and bf16 instructions, and any instruction limit set for this run."""
-    cpu = platform.processor() or platform.machine()
-    features = []
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
-        features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    except (OSError, StopIteration):
-        pass
-    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
-    described = f"{cpu} ({', '.join(features)})" if features else cpu
-    return described + (f", limited by {', '.join(limits)}" if limits else "")
-
-
 def machine_meta(args) -> dict:
     """Date, CPU, versions and run parameters."""
     import importlib.metadata as metadata
@@ -1114,7 +1003,7 @@ def write_reports(results: dict, out_dir: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        worker_main(args.worker)
+        worker_main(args.worker, measure_setting)
         return
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1142,15 +1031,10 @@ def main(argv=None) -> None:
     print(f"{len(plan)} settings, {args.threads} threads, model size {args.size}; results in {out_dir}", flush=True)
     if os.getloadavg()[0] > 0.5:
         print(f"warning: load average {os.getloadavg()[0]:.1f}; other processes will disturb the timings", flush=True)
-    shapes = QUICK_MATMUL_SHAPES if args.quick else MATMUL_SHAPES
-    matmul = run_in_subprocess({"kind": "matmul", "shapes": shapes, "threads": args.threads,
-                                "repeats": 5}, args.timeout)
-    if matmul.pop("status") != "ok":
-        raise SystemExit(f"matmul measurement failed: {matmul.get('note')}")
-    results["matmul"] = matmul
-    results["floor"] = floor_table(args.lengths, size, matmul["float32"]["best"])
-    print(f"matmul rate: fp32 {matmul['float32']['best']:.1f} GFLOP/s {matmul['float32']['shapes']}; "
-          f"bf16 {matmul['bfloat16']['best']:.1f} GFLOP/s", flush=True)
+    limits = results["limits"] = machine_limits(args.threads, args.quick, args.timeout)
+    results["matmul"] = limits["matmul"]
+    results["floor"] = floor_table(args.lengths, size, limits["fp32_gflops"])
+    print(limits_sentence(limits), flush=True)
     for length, entry in results["floor"].items():
         print(f"LSG floor at {length} tokens: {entry['gflop']:.3g} GFLOP = {entry['seconds']:.3g} s", flush=True)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 import time
@@ -36,12 +35,12 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_benchmark import SIZES, build_model, copy_bandwidth_gb_s, dynamic_int8  # noqa: E402
-from run_benchmark import cpu_description, run_in_subprocess, write_results  # noqa: E402
+from core import copy_bandwidth_gb_s, limits_sentence, machine_limits, run_in_subprocess, worker_main  # noqa: E402
+from core import write_results  # noqa: E402
+from generate_benchmark import SIZES, build_model, dynamic_int8  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "step_account"
 PRECISIONS = ("fp32", "int8", "bf16")
-MATMUL_SHAPES = [[4096, 768, 3072], [2048, 2048, 2048]]
 PARTS = ("self-attention", "cross-attention", "feed-forward", "rest of the decoder", "LM head", "generate")
 
 
@@ -190,9 +189,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"# A decoding step's account ({meta['date']})",
         "",
-        f"`{meta['command']}` on {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}; best product "
-        f"rates measured in the same run: fp32 {meta['fp32_gflops']:.0f} GFLOP/s, bf16 {meta['bf16_gflops']:.0f} "
-        f"GFLOP/s (copy bandwidth: each table). Size "
+        f"`{meta['command']}`, torch {meta['torch']}: {limits_sentence(meta['limits'])} (and in each table, "
+        f"measured beside its own timing). Size "
         f"{meta['size']}, {meta['length']:,} input tokens, batch {meta['batch']}, {meta['beams']} beams, "
         f"{meta['steps']} forced steps.",
         "",
@@ -246,18 +244,12 @@ def parse_args(argv=None):
     return args
 
 
-def worker_main(task_path: str) -> None:
-    """Entry point of the fresh process per precision: read the task file, write the result next to it."""
-    task = json.loads(Path(task_path).read_text())
-    Path(task["result_path"]).write_text(json.dumps(measure(task)))
-
-
 def main(argv=None) -> int:
     import torch
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        worker_main(argv[1])
+        worker_main(argv[1], measure)
         return 0
     args = parse_args(argv)
     rows = []
@@ -270,14 +262,11 @@ def main(argv=None) -> int:
             return 1
         rows.append(dict(precision=precision, **row))
         print(f"{precision}: {row['step_s'] * 1e3:.1f} ms a step", flush=True)
-    # The machine's product rates, measured in the same run (a fresh process), for the reader to place the figures.
-    shapes = [[256, 256, 256]] if args.quick else MATMUL_SHAPES
-    rates = run_in_subprocess(dict(kind="matmul", threads=args.threads, repeats=5, shapes=shapes), timeout=600)
+    limits = machine_limits(args.threads, quick=args.quick)
     meta = dict(
-        fp32_gflops=rates.get("float32", {}).get("best"), bf16_gflops=rates.get("bfloat16", {}).get("best"),
-        date=datetime.date.today().isoformat(), cpu=cpu_description(), platform=platform.platform(),
-        torch=torch.__version__, threads=args.threads, size=args.size, length=args.length, batch=args.batch,
-        beams=args.beams, steps=args.steps, command=" ".join(["python benchmarks/step_account.py", *argv]),
+        limits=limits, date=datetime.date.today().isoformat(), platform=platform.platform(), torch=torch.__version__,
+        threads=args.threads, size=args.size, length=args.length, batch=args.batch, beams=args.beams,
+        steps=args.steps, command=" ".join(["python benchmarks/step_account.py", *argv]),
     )  # fmt: skip
     results = dict(meta=meta, rows=rows)
     write_results(args.out_dir, "step_account", results, markdown(results))

@@ -26,6 +26,7 @@ def load_benchmark_module():
 
 
 bench = load_benchmark_module()
+import core  # noqa: E402  (benchmarks/core.py: run_benchmark put benchmarks/ on the path)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +90,12 @@ def test_quick_run_writes_markdown_and_png(quick_run):
         "## lsg-bart vs the original implementation",
         "No comparison: this run used model size `tiny`",
         "Matmul rate fp32:",
+        "Copy bandwidth:",
     ]:
         assert expected in markdown
     assert (out_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "matmul rate" in proc.stdout and "LSG floor" in proc.stdout
+    results = json.loads((out_dir / "results.json").read_text())
+    assert core.limits_sentence(results["limits"]) in proc.stdout and "LSG floor" in proc.stdout
 
 
 def test_quick_grid_plan():
@@ -178,10 +181,32 @@ def test_original_figures_and_comparison():
 
 
 def test_cpu_description_names_instruction_limits(monkeypatch):
-    for name in bench.ISA_LIMITS:
+    for name in core.ISA_LIMITS:
         monkeypatch.delenv(name, raising=False)
-    plain = bench.cpu_description()
+    plain = core.cpu_description()
     assert "limited by" not in plain
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert bench.cpu_description() == plain + ", limited by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
+    assert core.cpu_description() == plain + ", limited by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
+
+
+def test_machine_limits_are_measured_in_a_fresh_process_and_stated_in_one_sentence():
+    limits = core.machine_limits(threads=1, quick=True)
+    assert limits["threads"] == 1 and limits["cpu"] == core.cpu_description()
+    assert limits["fp32_gflops"] == max(limits["matmul"]["float32"]["shapes"].values()) > 0
+    assert limits["bf16_gflops"] == max(limits["matmul"]["bfloat16"]["shapes"].values()) > 0
+    assert limits["copy_gb_s"] > 0
+    sentence = core.limits_sentence(limits)
+    for figure in (f"fp32 {limits['fp32_gflops']:.0f} GFLOP/s", f"bf16 {limits['bf16_gflops']:.0f} GFLOP/s",
+                   f"copy bandwidth {limits['copy_gb_s']:.1f} GB/s", limits["cpu"]):  # fmt: skip
+        assert figure in sentence
+
+
+def test_a_failing_or_slow_worker_gives_a_status_and_a_note(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import sys, time\nif '--slow' in open(sys.argv[2]).read(): time.sleep(30)\n"
+                      "raise ValueError('no such setting')\n")  # fmt: skip
+    failed = core.run_in_subprocess({"threads": 1}, timeout=60, script=str(script))
+    assert failed == {"status": "error", "note": "error: ValueError: no such setting"}
+    slow = core.run_in_subprocess({"threads": 1, "mode": "--slow"}, timeout=1, script=str(script))
+    assert slow["status"] == "timeout"
