@@ -61,6 +61,7 @@ import dataclasses  # noqa: E402
 import inspect  # noqa: E402
 
 from transformers import BartConfig  # noqa: E402
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: E402
 from transformers.models.bart.modeling_bart import BartDecoder, BartDecoderLayer  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,6 +274,16 @@ def self_attention_arguments(arguments):
     return passed
 
 
+def dynamic_self_attention_cache(attention_kwargs):
+    """The dynamic cache that BART's decoder self-attention updates, from the arguments its layer passes it (named
+    `cache` or `past_key_values` after the version); None for legacy tuples (before 4.5x), static caches (compiled
+    decoding) and any other kind."""
+    cache = attention_kwargs.get("cache", attention_kwargs.get("past_key_values"))
+    if isinstance(cache, EncoderDecoderCache):
+        cache = cache.self_attention_cache
+    return cache if type(cache) is DynamicCache else None
+
+
 def decoder_layer_result(hidden_states, self_attention_output, cross_attention_weights, arguments):
     """What BART's decoder layer of this transformers returns: the hidden states alone (5.x), or a tuple with the
     attention weights where asked and, up to 4.5x, the self-attention's cache where asked."""
@@ -374,6 +385,7 @@ __all__ = [
     "create_block_mask",
     "decoder_layer_arguments",
     "decoder_layer_result",
+    "dynamic_self_attention_cache",
     "flex_attention",
     "output_requested",
     "pipeline_generate_kwargs",

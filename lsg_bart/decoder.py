@@ -16,6 +16,7 @@ from .compat import (
     attention_result,
     decoder_layer_arguments,
     decoder_layer_result,
+    dynamic_self_attention_cache,
     self_attention_arguments,
 )
 from .configuration_lsg_bart import LSGBartConfig
@@ -24,13 +25,16 @@ from .cpu_linear import project
 
 class LSGBartDecoderLayer(BartDecoderLayer):
     """BART's decoder layer, with the same weights, arguments and outputs, whose cross-attention is
-    [`LSGBartCrossAttention`] and whose feed-forward products go through `cpu_linear.project`: on CPU a decoding
-    step's few rows then stream each weight once, where `nn.Linear` reads it about half as fast. The self-attention
-    and its cache are BART's own.
+    [`LSGBartCrossAttention`], whose self-attention is [`LSGBartDecoderSelfAttention`] (where BART's is one class
+    for every attention implementation, from transformers 4.5x on), and whose feed-forward products go through
+    `cpu_linear.project`: on CPU a decoding step's few rows then stream each weight once, where `nn.Linear` reads
+    it about half as fast.
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
         super().__init__(config, **accepted_kwargs(BartDecoderLayer.__init__, layer_idx=layer_idx))
+        if type(self.self_attn) is BartAttention:  # before 4.5x, one class per attention implementation: kept
+            self.self_attn = LSGBartDecoderSelfAttention(config, layer_idx)
         self.encoder_attn = LSGBartCrossAttention(config, layer_idx)
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -58,6 +62,48 @@ class LSGBartDecoderLayer(BartDecoderLayer):
 
     def dropped_out(self, x):
         return F.dropout(x, p=self.dropout, training=self.training)
+
+
+class LSGBartDecoderSelfAttention(BartAttention):
+    """BART's decoder self-attention, with the same weights, arguments and outputs. A decoding step on CPU at
+    inference (one new position per row, a dynamic cache, no attention weights or head mask asked) runs its four
+    products through `cpu_linear.project`, then attends over the cache with SDPA; anything else, training and
+    prompts included, is BART's own forward pass.
+    """
+
+    def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
+        super().__init__(
+            embed_dim=config.d_model,
+            num_heads=config.decoder_attention_heads,
+            dropout=config.attention_dropout,
+            is_decoder=True,
+            config=config,
+            **accepted_kwargs(BartAttention.__init__, is_causal=True, layer_idx=layer_idx),
+        )
+
+    def forward(self, hidden_states, *args, **kwargs):
+        cache = dynamic_self_attention_cache(kwargs)
+        mask = kwargs.get("attention_mask")  # None, or (n*g, 1, 1, cached + 1): bool or additive
+        if (
+            args
+            or cache is None
+            or self.training
+            or hidden_states.device.type != "cpu"
+            or hidden_states.shape[1] != 1
+            or kwargs.get("output_attentions")
+            or kwargs.get("layer_head_mask") is not None
+            or not (mask is None or (type(mask) is torch.Tensor and mask.dim() == 4 and mask.shape[-2] == 1))
+        ):
+            return super().forward(hidden_states, *args, **kwargs)
+        n_g, q, _ = hidden_states.shape
+        h, d = self.num_heads, self.head_dim
+
+        def heads(layer):  # (n*g, 1, h*d) -> (n*g, h, 1, d)
+            return project(layer, hidden_states).view(n_g, q, h, d).transpose(1, 2)
+
+        key, value = cache.update(heads(self.k_proj), heads(self.v_proj), self.layer_idx)  # (n*g, h, cached + 1, d)
+        out = F.scaled_dot_product_attention(heads(self.q_proj), key, value, attn_mask=mask, scale=self.scaling)
+        return project(self.out_proj, out.transpose(1, 2).reshape(n_g, q, h * d)), None
 
 
 class LSGBartCrossAttention(BartAttention):

@@ -125,7 +125,7 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_length(tmp_path):
 def test_generate_with_a_static_cache_and_a_fullgraph_compiled_forward_gives_eager_tokens(num_beams):
     """transformers' recipe for compiled decoding: nothing in a decoding step may break the graph (`fullgraph=True`
     raises at the first break). Weights drawn wide (init_std 0.5) so that the tokens vary from step to step."""
-    torch.manual_seed(0)
+    torch.manual_seed(5)  # a draw whose tokens vary over the 6 steps
     model = LSGBartForConditionalGeneration(tiny_config(dropout=0.0, attention_dropout=0.0, init_std=0.5)).eval()
     input_ids, attention_mask = padded_batch([300, 251])  # LSG attention and a padded row
     settings = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6,

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import padded_batch, tiny_config
 from transformers import GenerationMixin
-from transformers.models.bart.modeling_bart import BartDecoderLayer
+from transformers.models.bart.modeling_bart import BartAttention, BartDecoderLayer
 
 from lsg_bart import LSGBartForConditionalGeneration
 from lsg_bart import modeling_lsg_bart as modeling
+from lsg_bart.decoder import LSGBartDecoderSelfAttention
 from lsg_bart.compat import accepted_kwargs
 
 
@@ -160,3 +161,30 @@ def test_generate_from_given_encoder_outputs_gives_the_same_tokens(model):
         given = model.generate(encoder_outputs=encoder_outputs, **settings)
     assert torch.equal(given, expected)
     assert all(layer.encoder_attn.encoder_keys_values is None for layer in model.model.decoder.layers)
+
+
+def test_decoding_steps_take_the_streamed_self_attention_and_step_aside_for_attention_weights(model, monkeypatch):
+    """On CPU, each decoding step's self-attention runs its products through `cpu_linear` (not BART's forward
+    pass); asked for attention weights, it is BART's own, with the same tokens."""
+    bart_calls = []
+    bart_forward = BartAttention.forward
+
+    def counted(self, *args, **kwargs):
+        bart_calls.append(type(self))
+        return bart_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BartAttention, "forward", counted)
+    input_ids, attention_mask = padded_batch([300, 251])
+    settings = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=3, max_new_tokens=5,
+                    min_new_tokens=5, return_dict_in_generate=True)  # fmt: skip
+    with torch.no_grad():
+        streamed = model.generate(**settings)
+        assert LSGBartDecoderSelfAttention not in bart_calls
+        implementation, model.config._attn_implementation = model.config._attn_implementation, "eager"
+        try:  # BART returns weights only when it writes them out (eager)
+            weighed = model.generate(**settings, output_attentions=True)
+        finally:
+            model.config._attn_implementation = implementation
+    assert bart_calls.count(LSGBartDecoderSelfAttention) == 5 * model.config.decoder_layers
+    assert torch.equal(streamed.sequences, weighed.sequences)
+    assert all(weights is not None for step in weighed.decoder_attentions for weights in step)
