@@ -52,20 +52,28 @@ def run_step_account(tree: Path, out_dir: Path, args) -> dict:
     return json.loads((out_dir / "step_account.json").read_text())
 
 
+# What step_account.py times once per input, before the steps: table row -> its field.
+ONCE_PER_INPUT = {"encoder (once per input)": "encoder_s", "keys and values (once per input)": "keys_and_values_s"}
+
+
 def summarize(runs: dict) -> list[dict]:
     """Median seconds per part (and per whole step) over the rounds, per version and precision, with the ratio."""
     rows = []
     first = runs["before"][0]
     for index, row in enumerate(first["rows"]):
-        parts = ["step"] + [part["part"] for part in row["parts"]]
+        parts = ["step"] + [part["part"] for part in row["parts"]] + list(ONCE_PER_INPUT)
         for part in parts:
 
             def median(side):
                 values = []
                 for result in runs[side]:
                     measured = result["rows"][index]
-                    values.append(measured["step_s"] if part == "step" else
-                                  next(p["seconds"] for p in measured["parts"] if p["part"] == part))  # fmt: skip
+                    if part == "step":
+                        values.append(measured["step_s"])
+                    elif part in ONCE_PER_INPUT:
+                        values.append(measured[ONCE_PER_INPUT[part]])
+                    else:
+                        values.append(next(p["seconds"] for p in measured["parts"] if p["part"] == part))
                 return statistics.median(values)
 
             before, after = median("before"), median("after")

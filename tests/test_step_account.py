@@ -34,6 +34,7 @@ def test_every_part_of_the_step_is_accounted_for(results):
         # The parts split the step: their times add up to the whole step's.
         assert sum(part["seconds"] for part in row["parts"]) == pytest.approx(row["step_s"], rel=1e-6)
         assert f"keys and values, {row['keys_and_values_s'] * 1e3:.0f} ms" in table  # once per input, apart
+        assert f"the encoder, {row['encoder_s'] * 1e3:.0f} ms" in table and row["encoder_s"] > 0
         for part in row["parts"]:
             assert part["floor_s"] == pytest.approx(part["bytes"] / (row["bandwidth_gb_s"] * 1e9))
             assert f"| {part['part']} | {part['seconds'] * 1e3:.2f} |" in table
@@ -61,10 +62,12 @@ def test_before_after_times_two_versions_in_turn_and_reports_their_ratio(tmp_pat
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert [len(results["runs"][side]) for side in ("before", "after")] == [2, 2]
-    assert [row["part"] for row in results["rows"]] == ["step", *step_account.PARTS]
+    once = {"encoder (once per input)": "encoder_s", "keys and values (once per input)": "keys_and_values_s"}
+    assert [row["part"] for row in results["rows"]] == ["step", *step_account.PARTS, *once]
     for row in results["rows"]:
         for side in ("before", "after"):
             measured = [run["rows"][0]["step_s"] if row["part"] == "step" else
+                        run["rows"][0][once[row["part"]]] if row["part"] in once else
                         next(p["seconds"] for p in run["rows"][0]["parts"] if p["part"] == row["part"])
                         for run in results["runs"][side]]  # fmt: skip
             assert row[f"{side}_ms"] == pytest.approx(sum(measured) / 2 * 1e3)  # the median of two
