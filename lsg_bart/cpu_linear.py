@@ -1,9 +1,9 @@
 """Linear layers, the feed-forward block and dropout, tuned for CPUs; every other case goes to `F.linear`.
 
-PyTorch sends float32 matrix products to MKL, which on some CPUs (AMD's among them) runs without AVX-512 and
-reaches a lower rate than oneDNN on the same cores (docs/benchmark.md). `linear` sends plain float32 tensors on
-CPU to oneDNN's linear kernel, forward and backward (same float32 arithmetic), after probing it once; anything it
-does not recognise (other dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to
+PyTorch sends float32 matrix products to MKL, which on AMD processors runs without AVX-512: where PyTorch runs
+AVX-512 kernels, oneDNN reaches more than twice MKL's rate on the same cores; on AVX2-only processors MKL is the
+faster (docs/performance.md). There, `linear` sends plain float32 tensors on CPU to oneDNN's linear kernel,
+forward and backward (same float32 arithmetic), after probing it once; anything it does not recognise (other dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to
 `F.linear`; a few rows through a large weight (a decoding step's products) are computed with the weight as the
 left operand. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
 an encoder layer's feed-forward block with these products, keeping less for the backward pass on CPU.
@@ -42,6 +42,8 @@ def find_onednn_linear(dtype=torch.float32):
 
 
 ONEDNN_LINEAR = find_onednn_linear()
+# oneDNN's float32 products beat MKL's where PyTorch runs AVX-512 kernels; with AVX2 only, MKL's are faster.
+ONEDNN_PREFERRED = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def onednn_linear(x, weight, bias=None, activation="none"):
@@ -50,12 +52,13 @@ def onednn_linear(x, weight, bias=None, activation="none"):
 
 
 def uses_onednn(x, weight):
-    """Whether `linear` sends `x @ weight.T` to oneDNN: plain float32 tensors on CPU (not tensor subclasses such as
-    quantised weights, which dispatch `F.linear` themselves), oneDNN enabled, no autocast (it picks its own dtype),
-    not while tracing, and a product large enough (a few rows through a small weight, as in a decoding step, go
-    faster through MKL)."""
+    """Whether `linear` sends `x @ weight.T` to oneDNN: on a CPU where it is the faster (`ONEDNN_PREFERRED`), plain
+    float32 tensors on CPU (not tensor subclasses such as quantised weights, which dispatch `F.linear`
+    themselves), oneDNN enabled, no autocast (it picks its own dtype), not while tracing, and a product large
+    enough (a few rows through a small weight, as in a decoding step, go faster through MKL)."""
     return (
-        ONEDNN_LINEAR is not None
+        ONEDNN_PREFERRED
+        and ONEDNN_LINEAR is not None
         and not tracing()
         and x.device.type == "cpu"
         and (x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1] or weight.numel() >= ONEDNN_MIN_WEIGHT)

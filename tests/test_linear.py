@@ -20,7 +20,8 @@ needs_onednn = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this PyTorch bu
 @pytest.mark.parametrize("shape", [(37, 24), (2, 37, 24)])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("out_features", [40, 16])  # the weight gradient's operands are taken in either order
-def test_onednn_linear_matches_f_linear_forward_and_backward(shape, with_bias, out_features):
+def test_onednn_linear_matches_f_linear_forward_and_backward(shape, with_bias, out_features, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "ONEDNN_PREFERRED", True)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator)
     weight = torch.randn(out_features, 24, generator=generator)
@@ -41,7 +42,8 @@ def test_onednn_linear_matches_f_linear_forward_and_backward(shape, with_bias, o
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")
 @pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("frozen_fc1", [False, True])
-def test_recomputed_feed_forward_matches_autograd(onednn, frozen_fc1):
+def test_recomputed_feed_forward_matches_autograd(onednn, frozen_fc1, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "ONEDNN_PREFERRED", onednn)
     torch.manual_seed(0)
     fc1, fc2 = nn.Linear(24, 40), nn.Linear(40, 24)
     fc1.requires_grad_(not frozen_fc1)
@@ -70,6 +72,8 @@ def test_recomputed_feed_forward_matches_autograd(onednn, frozen_fc1):
 
 
 def count_onednn_calls(monkeypatch):
+    """The fused activation of each oneDNN call, with oneDNN preferred as on an AVX-512 processor."""
+    monkeypatch.setattr(cpu_linear, "ONEDNN_PREFERRED", True)
     calls = []
 
     def counting(*args):
@@ -219,7 +223,18 @@ def test_onednn_kernel_is_only_used_where_it_is_available_and_correct(monkeypatc
 
 
 @needs_onednn
-def test_few_rows_through_a_small_weight_go_through_f_linear():
+def test_onednn_is_preferred_where_pytorch_runs_avx512_kernels_and_mkl_elsewhere(monkeypatch):
+    rows, weight = torch.ones(cpu_linear.ONEDNN_MIN_ROWS, 8), torch.ones(16, 8)
+    preferred = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    assert cpu_linear.ONEDNN_PREFERRED == preferred == cpu_linear.uses_onednn(rows, weight)
+    monkeypatch.setattr(cpu_linear, "ONEDNN_PREFERRED", False)  # as with AVX2 only
+    assert not cpu_linear.uses_onednn(rows, weight)
+    torch.testing.assert_close(linear(rows, weight), F.linear(rows, weight))
+
+
+@needs_onednn
+def test_few_rows_through_a_small_weight_go_through_f_linear(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "ONEDNN_PREFERRED", True)
     few, rows = torch.ones(4, 8), torch.ones(cpu_linear.ONEDNN_MIN_ROWS, 8)
     assert not cpu_linear.uses_onednn(few, torch.ones(16, 8))  # a decoding step's products
     assert cpu_linear.uses_onednn(rows, torch.ones(16, 8))
@@ -254,7 +269,8 @@ class TaggedTensor(torch.Tensor):
 
 
 @needs_onednn
-def test_tensor_subclass_weights_and_other_dtypes_go_through_f_linear():
+def test_tensor_subclass_weights_and_other_dtypes_go_through_f_linear(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "ONEDNN_PREFERRED", True)
     x, weight = torch.ones(32, 3), torch.ones(4, 3)
     assert cpu_linear.uses_onednn(x, weight) and cpu_linear.uses_onednn(x, nn.Parameter(weight))
     assert not cpu_linear.uses_onednn(x, weight.as_subclass(TaggedTensor))
