@@ -35,16 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import (  # noqa: E402
-    copy_bandwidth_gb_s,
-    limits_sentence,
-    machine_limits,
-    read_memory_mb,
-    reset_peak_memory,
-    round_up,
-    run_in_subprocess,
-    worker_main,
-)
+from core import copy_bandwidth_gb_s, limits_sentence, machine_limits, read_memory_mb  # noqa: E402
+from core import reset_peak_memory, round_up, run_in_subprocess, worker_main  # noqa: E402
 from run_benchmark import check_original_python  # noqa: E402
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results" / "generate"

@@ -23,6 +23,19 @@ from .configuration_lsg_bart import LSGBartConfig
 from .cpu_linear import project
 
 
+def decoder_attention_settings(config, **optional):
+    """`BartAttention`'s arguments for a decoder attention of `config`, with those of `optional` (`is_causal`,
+    `layer_idx`) that this transformers accepts."""
+    return dict(
+        embed_dim=config.d_model,
+        num_heads=config.decoder_attention_heads,
+        dropout=config.attention_dropout,
+        is_decoder=True,
+        config=config,
+        **accepted_kwargs(BartAttention.__init__, **optional),
+    )
+
+
 class LSGBartDecoderLayer(BartDecoderLayer):
     """BART's decoder layer, with the same weights, arguments and outputs, whose cross-attention is
     [`LSGBartCrossAttention`], whose self-attention is [`LSGBartDecoderSelfAttention`] (where BART's is one class
@@ -72,14 +85,7 @@ class LSGBartDecoderSelfAttention(BartAttention):
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
-        super().__init__(
-            embed_dim=config.d_model,
-            num_heads=config.decoder_attention_heads,
-            dropout=config.attention_dropout,
-            is_decoder=True,
-            config=config,
-            **accepted_kwargs(BartAttention.__init__, is_causal=True, layer_idx=layer_idx),
-        )
+        super().__init__(**decoder_attention_settings(config, is_causal=True, layer_idx=layer_idx))
 
     def forward(self, hidden_states, *args, **kwargs):
         cache = dynamic_self_attention_cache(kwargs)
@@ -120,14 +126,7 @@ class LSGBartCrossAttention(BartAttention):
     """
 
     def __init__(self, config: LSGBartConfig, layer_idx: Optional[int] = None):
-        super().__init__(
-            embed_dim=config.d_model,
-            num_heads=config.decoder_attention_heads,
-            dropout=config.attention_dropout,
-            is_decoder=True,
-            config=config,
-            **accepted_kwargs(BartAttention.__init__, layer_idx=layer_idx),
-        )
+        super().__init__(**decoder_attention_settings(config, layer_idx=layer_idx))
         # The running `generate` call's keys, transposed (n, h, d, S), and values (n, h, S, d), both contiguous (see
         # `keys_and_values_for_decoding`); None outside `generate`.
         self.encoder_keys_values = None
