@@ -11,6 +11,7 @@ from transformers import GenerationMixin
 from transformers.models.bart.modeling_bart import BartAttention, BartDecoderLayer
 
 from lsg_bart import LSGBartForConditionalGeneration
+from lsg_bart import cpu_linear
 from lsg_bart import modeling_lsg_bart as modeling
 from lsg_bart.decoder import LSGBartDecoderSelfAttention
 from lsg_bart.compat import accepted_kwargs
@@ -98,7 +99,8 @@ def test_training_forward_with_labels_matches_bart_decoder_layers(dropout):
     """Same loss and gradients as BART's decoder layers, dropout included (the same random draws in the same
     order; the attention's own dropout aside, which BART's fused kernel draws differently)."""
     torch.manual_seed(0)
-    model = LSGBartForConditionalGeneration(tiny_config(dropout=dropout, activation_dropout=dropout, attention_dropout=0.0))
+    config = tiny_config(dropout=dropout, activation_dropout=dropout, attention_dropout=0.0)
+    model = LSGBartForConditionalGeneration(config)
     input_ids, attention_mask = padded_batch([300, 251])
     labels = input_ids[:, :9].contiguous()
     losses = []
@@ -188,3 +190,28 @@ def test_decoding_steps_take_the_streamed_self_attention_and_step_aside_for_atte
     assert bart_calls.count(LSGBartDecoderSelfAttention) == 5 * model.config.decoder_layers
     assert torch.equal(streamed.sequences, weighed.sequences)
     assert all(weights is not None for step in weighed.decoder_attentions for weights in step)
+
+
+def test_weights_large_enough_to_stream_give_the_tokens_and_scores_of_bart_decoder_layers():
+    """Decoder weights of 512 x 512 and more: a decoding step's products are streamed (`weight @ x.T`), and beam
+    search gives BART's tokens and scores."""
+    torch.manual_seed(0)
+    config = tiny_config(d_model=512, decoder_ffn_dim=1024, decoder_layers=1, encoder_layers=1, dropout=0.0,
+                         attention_dropout=0.0, init_std=0.5)  # fmt: skip
+    model = LSGBartForConditionalGeneration(config).eval()
+    with torch.no_grad():  # BART starts its biases at zero: draw them, so that they count
+        for linear in model.modules():
+            if isinstance(linear, torch.nn.Linear) and linear.bias is not None:
+                linear.bias.normal_(0.0, 0.5)
+    layer = model.model.decoder.layers[0]
+    rows = torch.ones(3, 1, config.d_model)  # 3 beams, one position
+    with torch.no_grad():
+        assert all(cpu_linear.streams_weight(rows, linear.weight) for linear in (layer.self_attn.q_proj, layer.fc1))
+    input_ids, attention_mask = padded_batch([300, 251])
+    settings = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=3, max_new_tokens=6,
+                    min_new_tokens=6, output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    with torch.no_grad():
+        ours, bart = (candidate.generate(**settings) for candidate in (model, with_bart_decoder_layers(model)))
+    assert len(set(ours.sequences.flatten().tolist())) > 4, "the tokens should vary"
+    assert torch.equal(ours.sequences, bart.sequences)
+    torch.testing.assert_close(ours.sequences_scores, bart.sequences_scores, rtol=1e-5, atol=1e-5)
