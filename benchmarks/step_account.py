@@ -9,7 +9,7 @@ timing hooks on the decoder's modules. Each step is split into:
   are projected once per input before decoding, so they are read, not computed, at each step);
 - feed-forward: the decoder's fc1 and fc2 products, their activation and residual (what runs between the
   cross-attention's layer norm and the final one);
-- rest of the decoder: embeddings, layer norms, residuals, masks;
+- rest of the decoder: embeddings, layer norms, the attentions' residuals, masks;
 - LM head: the vocabulary projection and its bias (the model's forward pass outside the decoder);
 - generate: everything `generate` does per step outside the model's forward pass (beam search, logits processing,
   cache reordering, stopping criteria), and its set-up shared out over the steps.
@@ -95,9 +95,9 @@ class PartTimer:
         self.watch_between(module, module, part, from_start=True)
 
     def watch_between(self, first, last, part, from_start=False):
-        """Time `part` from the end of `first`'s forward pass (its start, with `from_start`) to the start of `last`'s:
-        what runs between two modules, such as products computed from a layer's weights without calling it (a hook
-        on that layer would change how the model calls it)."""
+        """Time `part` from the end of `first`'s forward pass to the start of `last`'s: what runs between two modules,
+        such as products computed from a layer's weights without calling it (a hook on that layer would change how
+        the model calls it). With `from_start`, from the start of `first`'s pass to the end of `last`'s."""
         key = (id(first), id(last))
 
         def start(*_):
