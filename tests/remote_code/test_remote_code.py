@@ -359,3 +359,29 @@ def test_generate_matches_bart_cross_attention_over_repeated_encoder_outputs(sav
     assert torch.equal(ours.sequences, bart.sequences)
     if num_beams > 1:
         torch.testing.assert_close(ours.sequences_scores, bart.sequences_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_with_weights_wide_enough_to_stream_matches_bart_decoder_layers(saved_folder):
+    """A decoding step's streamed products and its self-attention over this transformers' cache give BART's
+    beam-search tokens and scores, on weights wide enough to be streamed (512 wide, biases drawn)."""
+    config = AutoConfig.from_pretrained(saved_folder, trust_remote_code=True)
+    config.update(dict(d_model=512, encoder_ffn_dim=1024, decoder_ffn_dim=1024, init_std=0.5, dropout=0.0,
+                       attention_dropout=0.0))  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=True).eval()
+    with torch.no_grad():  # BART starts its biases at zero: draw them, so that they count
+        for linear in model.modules():
+            if isinstance(linear, torch.nn.Linear) and linear.bias is not None:
+                linear.bias.normal_(0.0, 0.5)
+    inputs = parity_inputs()
+    settings = dict(num_beams=3, max_new_tokens=6, min_new_tokens=6, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        ours, bart = (
+            candidate.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **settings)
+            for candidate in (model, with_bart_decoder_layers(model))
+        )
+    assert len(set(ours.sequences.flatten().tolist())) > 4, "the tokens should vary"
+    assert torch.equal(ours.sequences, bart.sequences)
+    # Logits this large (weights drawn at 0.5) carry float32's summation-order differences between the two
+    # cross-attentions (BART's fused kernel, ours written out) into the scores at about 1e-4 of their size.
+    torch.testing.assert_close(ours.sequences_scores, bart.sequences_scores, rtol=1e-3, atol=1e-4)
