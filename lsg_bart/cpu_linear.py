@@ -3,9 +3,9 @@
 PyTorch sends float32 matrix products to MKL, which on AMD processors runs without AVX-512: where PyTorch runs
 AVX-512 kernels, oneDNN reaches more than twice MKL's rate on the same cores; on AVX2-only processors MKL is the
 faster (docs/performance.md). There, `linear` sends plain float32 tensors on CPU to oneDNN's linear kernel,
-forward and backward (same float32 arithmetic), after probing it once; anything it does not recognise (other dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to
-`F.linear`; a few rows through a large weight (a decoding step's products) are computed with the weight as the
-left operand. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
+forward and backward (same float32 arithmetic), after probing it once; anything it does not recognise (other
+dtypes, tensor subclasses such as quantised weights, autocast, tracing) goes to `F.linear`; a few rows through a
+large weight (a decoding step's products) are computed with the weight as the left operand. `project(layer, x)` is `layer(x)`, through `linear` only for a plain `nn.Linear`. `feed_forward` runs
 an encoder layer's feed-forward block with these products, keeping less for the backward pass on CPU.
 """
 
@@ -51,20 +51,27 @@ def onednn_linear(x, weight, bias=None, activation="none"):
     return ONEDNN_LINEAR(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
 
 
+def plain_float32_on_cpu(x, weight):
+    """`x` and `weight` are plain float32 tensors on CPU (not tensor subclasses such as quantised weights, which
+    dispatch `F.linear` themselves), outside tracing: what `linear`'s own products take."""
+    return (
+        not tracing()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and type(x) is torch.Tensor
+        and type(weight) in (torch.Tensor, nn.Parameter)
+    )
+
+
 def uses_onednn(x, weight):
-    """Whether `linear` sends `x @ weight.T` to oneDNN: on a CPU where it is the faster (`ONEDNN_PREFERRED`), plain
-    float32 tensors on CPU (not tensor subclasses such as quantised weights, which dispatch `F.linear`
-    themselves), oneDNN enabled, no autocast (it picks its own dtype), not while tracing, and a product large
+    """Whether `linear` sends `x @ weight.T` to oneDNN: on a CPU where it is the faster (`ONEDNN_PREFERRED`), for
+    `plain_float32_on_cpu` operands, oneDNN enabled, no autocast (it picks its own dtype), and a product large
     enough (a few rows through a small weight, as in a decoding step, go faster through MKL)."""
     return (
         ONEDNN_PREFERRED
         and ONEDNN_LINEAR is not None
-        and not tracing()
-        and x.device.type == "cpu"
+        and plain_float32_on_cpu(x, weight)
         and (x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1] or weight.numel() >= ONEDNN_MIN_WEIGHT)
-        and x.dtype == weight.dtype == torch.float32
-        and type(x) is torch.Tensor
-        and type(weight) in (torch.Tensor, nn.Parameter)
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not autocast_enabled("cpu")
@@ -106,18 +113,14 @@ def weight_gradient(grad_rows, input_rows):
 
 
 def streams_weight(x, weight):
-    """Whether `linear` computes `x @ weight.T` as `weight @ x.T`: float32 inference on CPU (plain tensors, not
-    while tracing) of a few rows through a large weight, as in a decoding step. With the weight as the product's
+    """Whether `linear` computes `x @ weight.T` as `weight @ x.T`: inference (`plain_float32_on_cpu` operands, no
+    gradient asked) of a few rows through a large weight, as in a decoding step. With the weight as the product's
     left operand, MKL streams it through once, about twice as fast as `F.linear` or oneDNN take such a product
     (benchmarks/before_after.py measures it in a decoding step)."""
     return (
-        not tracing()
-        and x.device.type == "cpu"
+        plain_float32_on_cpu(x, weight)
         and x.numel() <= STREAMED_MAX_ROWS * x.shape[-1]
         and weight.numel() >= STREAMED_MIN_WEIGHT
-        and x.dtype == weight.dtype == torch.float32
-        and type(x) is torch.Tensor
-        and type(weight) in (torch.Tensor, nn.Parameter)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import before_after  # noqa: E402
 import step_account  # noqa: E402
 from core import limits_sentence  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_before_after_times_two_versions_in_turn_and_reports_their_ratio(tmp_pat
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert [len(results["runs"][side]) for side in ("before", "after")] == [2, 2]
-    once = {"encoder (once per input)": "encoder_s", "keys and values (once per input)": "keys_and_values_s"}
+    once = before_after.ONCE_PER_INPUT
     assert [row["part"] for row in results["rows"]] == ["step", *step_account.PARTS, *once]
     for row in results["rows"]:
         for side in ("before", "after"):
